@@ -1,0 +1,111 @@
+"""The process that stands in for a cloud machine in the local backend.
+
+``python -m airflow_spot_training.backends.local_supervisor ATTEMPT_DIR`` reads
+``spec.json``, runs the training command as its child, and keeps
+``status.json`` (written atomically) true: running, then exactly one final state.
+
+* The child exits by itself: ``succeeded`` (exit 0) or ``failed`` (with the exit code).
+* ``preempt_at`` passes on a spot attempt: SIGTERM to the child (the notice), then
+  SIGKILL after ``notice_seconds``: ``preempted`` (unless the child had finished
+  with exit 0 before the hard kill: then ``succeeded``).
+* This supervisor gets SIGTERM (a stop request): the child gets SIGTERM, then
+  SIGKILL after the notice window: ``stopped``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from airflow_spot_training.backends.base import FAILED, PREEMPTED, RUNNING, STOPPED, SUCCEEDED
+
+
+def _write_status(attempt_dir: Path, status: dict[str, Any]) -> None:
+    path = attempt_dir / "status.json"
+    tmp = attempt_dir / ".status.json.tmp"
+    with open(tmp, "w") as f:
+        json.dump(status, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def main(attempt_dir_arg: str) -> int:
+    attempt_dir = Path(attempt_dir_arg)
+    spec = json.loads((attempt_dir / "spec.json").read_text())
+    stop_requested = False
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    log_path = attempt_dir / "training.log"
+    started = time.time()
+    with open(log_path, "ab") as log:
+        child = subprocess.Popen(
+            spec["command"], env=spec["env"], cwd=spec.get("cwd") or None,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+    status: dict[str, Any] = {
+        "state": RUNNING, "reason": "", "started_at": started, "supervisor_pid": os.getpid(),
+        "pid": child.pid, "preempt_at": spec.get("preempt_at"), "details": {},
+    }
+    _write_status(attempt_dir, status)
+
+    preempt_at = spec.get("preempt_at")
+    notice = float(spec.get("notice_seconds", 5.0))
+    noticed_at: float | None = None
+    kind: str | None = None  # "preempted" or "stopped" once a notice is sent
+    while True:
+        rc = child.poll()
+        if rc is not None:
+            break
+        now = time.time()
+        if kind is None and stop_requested:
+            kind, noticed_at = STOPPED, now
+            child.send_signal(signal.SIGTERM)
+        elif kind is None and preempt_at is not None and now >= preempt_at:
+            kind, noticed_at = PREEMPTED, now
+            child.send_signal(signal.SIGTERM)
+            status.update(details={"notice_at": now})
+            _write_status(attempt_dir, status)
+        elif kind is not None and noticed_at is not None and now >= noticed_at + notice:
+            child.kill()  # the machine is gone
+            rc = child.wait()
+            break
+        time.sleep(0.05)
+
+    ended = time.time()
+    details = dict(status.get("details") or {})
+    details["exit_code"] = rc
+    if kind == PREEMPTED and rc != 0:
+        final = {"state": PREEMPTED, "reason": "spot capacity reclaimed (simulated: notice, then hard kill)",
+                 "preemptions": 1}
+    elif kind == STOPPED:
+        final = {"state": STOPPED, "reason": "stopped on request"}
+    elif rc == 0:
+        final = {"state": SUCCEEDED, "reason": "training exited 0"}
+    else:
+        final = {"state": FAILED, "reason": f"training exited with code {rc}: {_tail(log_path)}"}
+    status.update(final, ended_at=ended, details=details)
+    _write_status(attempt_dir, status)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,87 @@
+"""The environment contract between the operator and the training it launches.
+
+Every backend hands these variables to the training process, whatever runs it
+(a local process, an EC2 user-data script, a SageMaker or Vertex AI job). The
+training side reads them with :func:`read_contract`; nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+CHECKPOINT_URI = "SPOT_TRAINING_CHECKPOINT_URI"
+ATTEMPT = "SPOT_TRAINING_ATTEMPT"
+CAPACITY = "SPOT_TRAINING_CAPACITY"
+PREEMPTIONS = "SPOT_TRAINING_PREEMPTIONS"
+RUN_KEY = "SPOT_TRAINING_RUN_KEY"
+RESULT_URI = "SPOT_TRAINING_RESULT_URI"
+
+ALL = (CHECKPOINT_URI, ATTEMPT, CAPACITY, PREEMPTIONS, RUN_KEY, RESULT_URI)
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What one attempt of the training is told about itself.
+
+    :param checkpoint_uri: where checkpoints are read from and committed to; the same
+        for every attempt and every Airflow retry of the task.
+    :param attempt: 1-based attempt number, counted across Airflow retries.
+    :param capacity: ``spot`` or ``on_demand``.
+    :param preemptions: preemptions counted before this attempt started.
+    :param run_key: an id that is stable across attempts and retries of the task.
+    :param result_uri: where a bootstrap script writes the attempt's result record.
+    """
+
+    checkpoint_uri: str
+    attempt: int
+    capacity: str
+    preemptions: int
+    run_key: str
+    result_uri: str = ""
+
+    def to_env(self) -> dict[str, str]:
+        return {
+            CHECKPOINT_URI: self.checkpoint_uri,
+            ATTEMPT: str(self.attempt),
+            CAPACITY: self.capacity,
+            PREEMPTIONS: str(self.preemptions),
+            RUN_KEY: self.run_key,
+            RESULT_URI: self.result_uri,
+        }
+
+
+def read_contract(environ: Mapping[str, str] | None = None) -> Contract:
+    """Read the contract from the environment; raise a clear error if it is missing."""
+    env = os.environ if environ is None else environ
+    missing = [name for name in (CHECKPOINT_URI, ATTEMPT, CAPACITY, RUN_KEY) if not env.get(name)]
+    if missing:
+        raise RuntimeError(
+            "this process was not launched by a spot-training backend: "
+            f"missing environment variable(s) {', '.join(missing)}"
+        )
+    return Contract(
+        checkpoint_uri=env[CHECKPOINT_URI],
+        attempt=int(env[ATTEMPT]),
+        capacity=env[CAPACITY],
+        preemptions=int(env.get(PREEMPTIONS, "0") or 0),
+        run_key=env[RUN_KEY],
+        result_uri=env.get(RESULT_URI, ""),
+    )
+
+
+def run_key(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+    """A short, stable, case-sensitive ASCII id for one task instance.
+
+    Usable as a cloud idempotency token prefix, a job-name suffix and a label value:
+    lower-case hex only, 20 characters.
+    """
+    raw = f"{dag_id}\x1f{run_id}\x1f{task_id}\x1f{map_index}".encode()
+    return hashlib.sha256(raw).hexdigest()[:20]
+
+
+def attempt_token(key: str, attempt: int) -> str:
+    """The idempotency token of one attempt (at most 64 ASCII characters)."""
+    return f"{key}-a{attempt}"

@@ -1,0 +1,1 @@
+"""Operators (import the classes from their modules, e.g. ``.spot_training``)."""

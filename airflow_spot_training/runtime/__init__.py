@@ -1,0 +1,24 @@
+"""What a training script imports on the spot machine. No Airflow, no cloud SDK.
+
+* :class:`CheckpointManager`: atomic checkpoints over fsspec.
+* :class:`InterruptionWatcher`: SIGTERM and cloud metadata notices -> "checkpoint now".
+* :func:`read_contract`: the environment the operator hands every attempt.
+* :func:`write_metrics`: final metrics for the operator's ledger.
+* :mod:`airflow_spot_training.runtime.torch_state`: whole PyTorch training state (needs torch).
+"""
+
+from airflow_spot_training.core.contract import Contract, read_contract
+from airflow_spot_training.runtime.checkpoint import Checkpoint, CheckpointError, CheckpointManager
+from airflow_spot_training.runtime.interruption import InterruptionWatcher
+from airflow_spot_training.runtime.results import read_metrics, write_metrics
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointManager",
+    "Contract",
+    "InterruptionWatcher",
+    "read_contract",
+    "read_metrics",
+    "write_metrics",
+]

@@ -1,0 +1,298 @@
+"""Atomic checkpoints over any fsspec filesystem (local paths, ``s3://``, ``gs://``).
+
+Imports neither Airflow nor a cloud SDK: fsspec resolves ``s3://`` to s3fs and
+``gs://`` to gcsfs when they are installed in the training image.
+
+Protocol (see :mod:`airflow_spot_training.core.checkpoint_protocol`): the payload
+files of step N are written under ``step-N/`` first; the commit record
+``step-N/COMMIT.json`` is written last, in one atomic operation (a rename on
+local disks, a single PUT on object stores). :meth:`CheckpointManager.latest`
+only ever returns a step whose commit record exists and parses, so a writer
+killed at any point leaves the previous committed checkpoint in charge.
+Retention removes a step's commit record before its payload, so a half-deleted
+step is never mistaken for a committed one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import posixpath
+import time
+import uuid
+from dataclasses import dataclass
+from typing import IO, Any, Callable
+
+import fsspec
+
+from airflow_spot_training.core.checkpoint_protocol import (
+    COMMIT_FILE,
+    CommitRecord,
+    parse_step_dir,
+    result_record_name,
+    step_dir_name,
+)
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, read, or is unusable for this run."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A committed checkpoint: its step directory and commit record."""
+
+    uri: str
+    record: CommitRecord
+
+    @property
+    def step(self) -> int:
+        return self.record.step
+
+    def file_uri(self, name: str) -> str:
+        return posixpath.join(self.uri, name)
+
+
+class CheckpointManager:
+    """Save and find checkpoints under one prefix.
+
+    :param uri: the checkpoint prefix (a local path or an fsspec URL).
+    :param keep_last: how many committed checkpoints to keep (older ones are removed
+        after each successful save). ``None`` keeps all.
+    :param every_steps: :meth:`should_save` answers yes every this many steps.
+    :param every_seconds: :meth:`should_save` answers yes when this much wall-clock
+        time passed since the last save.
+    :param storage_options: passed to fsspec (credentials, endpoint URL, ...).
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        keep_last: int | None = 3,
+        every_steps: int | None = None,
+        every_seconds: float | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if keep_last is not None and keep_last < 1:
+            raise ValueError(f"keep_last must be 1 or more (or None to keep all), got {keep_last}")
+        if every_steps is not None and every_steps < 1:
+            raise ValueError(f"every_steps must be 1 or more, got {every_steps}")
+        self.uri = uri.rstrip("/")
+        self.keep_last = keep_last
+        self.every_steps = every_steps
+        self.every_seconds = every_seconds
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
+        self.root = self.root.rstrip("/")
+        self._last_save_time = time.monotonic()
+        self._last_save_step: int | None = None
+
+    # -- paths -----------------------------------------------------------------------
+    def _path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def _uri_of(self, path: str) -> str:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        if protocol in ("file", "local"):
+            return path
+        return f"{protocol}://{path}"
+
+    # -- reading ---------------------------------------------------------------------
+    def committed(self) -> list[Checkpoint]:
+        """All committed checkpoints, oldest first."""
+        try:
+            entries = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return []
+        out = []
+        for entry in entries:
+            step = parse_step_dir(entry)
+            if step is None:
+                continue
+            record = self._read_commit(step)
+            if record is not None:
+                out.append(Checkpoint(self._uri_of(self._path(step_dir_name(step))), record))
+        out.sort(key=lambda c: c.step)
+        return out
+
+    def _read_commit(self, step: int) -> CommitRecord | None:
+        path = self._path(step_dir_name(step), COMMIT_FILE)
+        try:
+            with self.fs.open(path, "rb") as f:
+                record = CommitRecord.from_json(f.read())
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignoring an unreadable commit record at %s", path)
+            return None
+        if record.step != step:
+            log.warning("ignoring commit record at %s: it names step %s", path, record.step)
+            return None
+        for name in record.files:
+            if not self.fs.exists(self._path(step_dir_name(step), name)):
+                log.warning("ignoring checkpoint step %s: payload file %s is missing", step, name)
+                return None
+        return record
+
+    def latest(self) -> Checkpoint | None:
+        """The newest committed checkpoint, never a partial one; ``None`` if there is none."""
+        try:
+            entries = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return None
+        steps = sorted((s for s in map(parse_step_dir, entries) if s is not None), reverse=True)
+        for step in steps:
+            record = self._read_commit(step)
+            if record is not None:
+                return Checkpoint(self._uri_of(self._path(step_dir_name(step))), record)
+        return None
+
+    def open_file(self, checkpoint: Checkpoint, name: str) -> IO[bytes]:
+        return self.fs.open(self._path(step_dir_name(checkpoint.step), name), "rb")
+
+    # -- writing ---------------------------------------------------------------------
+    def should_save(self, step: int) -> bool:
+        """Whether the cadence (by steps or by wall-clock time) asks for a save after ``step``."""
+        if self.every_steps and step % self.every_steps == 0 and step != self._last_save_step:
+            return True
+        if self.every_seconds is not None and time.monotonic() - self._last_save_time >= self.every_seconds:
+            return True
+        return False
+
+    def save(
+        self,
+        step: int,
+        files: dict[str, bytes | Callable[[IO[bytes]], None]],
+        *,
+        total_steps: int | None = None,
+        epoch: int | None = None,
+        attempt: int | None = None,
+        reason: str = "periodic",
+        fingerprint: str | None = None,
+    ) -> Checkpoint:
+        """Write ``files`` as checkpoint ``step`` and commit it.
+
+        Each value is either bytes or a function that writes to a binary file object
+        (``lambda f: torch.save(state, f)``). If step ``step`` is already committed,
+        it is kept as it is and returned: committed checkpoints are never rewritten.
+        """
+        if not files:
+            raise ValueError("a checkpoint needs at least one payload file")
+        for name in files:
+            if name == COMMIT_FILE or "/" in name or name.startswith("."):
+                raise ValueError(f"invalid checkpoint file name {name!r}")
+        existing = self._read_commit(step)
+        if existing is not None:
+            return Checkpoint(self._uri_of(self._path(step_dir_name(step))), existing)
+        step_path = self._path(step_dir_name(step))
+        try:
+            self.fs.makedirs(step_path, exist_ok=True)
+            for name, payload in files.items():
+                self._write(posixpath.join(step_path, name), payload)
+            record = CommitRecord(
+                step=step,
+                committed_at=time.time(),
+                files=sorted(files),
+                total_steps=total_steps,
+                epoch=epoch,
+                attempt=attempt,
+                reason=reason,
+                fingerprint=fingerprint,
+            )
+            self._commit(step_path, record)
+        except OSError as e:
+            raise CheckpointError(f"could not write checkpoint step {step} under {self.uri}: {e}") from e
+        self._last_save_time = time.monotonic()
+        self._last_save_step = step
+        self._apply_retention()
+        return Checkpoint(self._uri_of(step_path), record)
+
+    def _write(self, path: str, payload: bytes | Callable[[IO[bytes]], None]) -> None:
+        if isinstance(payload, (bytes, bytearray, memoryview)):
+            data = bytes(payload)
+        else:
+            buf = io.BytesIO()
+            payload(buf)
+            data = buf.getvalue()
+        with self.fs.open(path, "wb") as f:
+            f.write(data)
+
+    def _commit(self, step_path: str, record: CommitRecord) -> None:
+        final = posixpath.join(step_path, COMMIT_FILE)
+        data = record.to_json().encode()
+        if self._is_local():
+            tmp = posixpath.join(step_path, f".{COMMIT_FILE}.{uuid.uuid4().hex}.tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)  # atomic on POSIX
+            _fsync_dir(step_path)
+        else:
+            # one PUT: object stores make a single object appear whole or not at all
+            self.fs.pipe_file(final, data)
+
+    def _is_local(self) -> bool:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return protocol in ("file", "local")
+
+    def _apply_retention(self) -> None:
+        if self.keep_last is None:
+            return
+        committed = self.committed()
+        for old in committed[: -self.keep_last]:
+            self.remove(old.step)
+
+    def remove(self, step: int) -> None:
+        """Delete a checkpoint: the commit record first, so it stops counting at once."""
+        step_path = self._path(step_dir_name(step))
+        try:
+            self.fs.rm(posixpath.join(step_path, COMMIT_FILE))
+        except FileNotFoundError:
+            pass
+        try:
+            self.fs.rm(step_path, recursive=True)
+        except FileNotFoundError:
+            pass
+
+    # -- result records (written by bootstraps, read by backends) ----------------------
+    def write_result(self, attempt: int, result: dict[str, Any]) -> None:
+        self.fs.makedirs(self._path("_results"), exist_ok=True)
+        self.fs.pipe_file(self._path(result_record_name(attempt)), json.dumps(result).encode())
+
+    def read_result(self, attempt: int) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.fs.cat_file(self._path(result_record_name(attempt))))
+        except FileNotFoundError:
+            return None
+
+    def check_writable(self) -> None:
+        """Write and delete a probe object; raise :class:`CheckpointError` naming the prefix."""
+        probe = self._path(f".write-probe-{uuid.uuid4().hex}")
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+            self.fs.pipe_file(probe, b"ok")
+            self.fs.rm(probe)
+        except Exception as e:  # any backend error means the same thing to the user
+            raise CheckpointError(
+                f"checkpoint_prefix {self.uri!r} is not writable ({type(e).__name__}: {e}). "
+                "Point checkpoint_prefix (or [spot_training] checkpoint_base_uri) at a location "
+                "the workers and the training can write to."
+            ) from e
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
