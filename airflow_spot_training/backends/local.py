@@ -129,7 +129,7 @@ class LocalBackend(SpotBackend):
         spot_price_per_hour: float | None = None,
         on_demand_price_per_hour: float | None = None,
     ) -> None:
-        self.command = list(command) if command is not None else None
+        self.command = list(command) if isinstance(command, (list, tuple)) else command
         self.env = dict(env or {})
         self.cwd = cwd
         self.preemptions = preemptions
@@ -152,7 +152,7 @@ class LocalBackend(SpotBackend):
         }
 
     def validate(self) -> None:
-        if not self.command or not all(isinstance(a, str) for a in self.command):
+        if not isinstance(self.command, list) or not self.command or not all(isinstance(a, str) for a in self.command):
             raise BackendConfigError(
                 "LocalBackend needs command=[...]: the training command as a list of strings, "
                 "e.g. [sys.executable, '-m', 'airflow_spot_training.examples.regression']."
@@ -202,7 +202,7 @@ class LocalBackend(SpotBackend):
         data = _load_trace(s["path"])
         sps = float(s.get("seconds_per_sample", 1.0))
         epoch = self._run_epoch(run_dir)
-        i0 = int(s.get("offset", 0)) + int(math.floor((now - epoch) / sps))
+        i0 = int(s.get("offset", 0)) + int(math.floor(max(0.0, now - epoch) / sps))
         if data[i0 % len(data)] == 0:
             raise SpotCapacityUnavailable(f"trace {Path(s['path']).name} has no spot capacity at sample {i0}")
         for k in range(1, len(data) + 1):

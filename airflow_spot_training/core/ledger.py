@@ -57,7 +57,7 @@ class AttemptRecord:
         return self.outcome in LIVE_OUTCOMES
 
     def seconds(self, now: float | None = None) -> float:
-        begin = self.started_at or self.launched_at
+        begin = self.started_at if self.started_at is not None else self.launched_at
         if begin is None:
             return 0.0
         end = self.ended_at if self.ended_at is not None else (now if now is not None else time.time())
@@ -221,7 +221,7 @@ class RunLedger:
                     "capacity": a.capacity,
                     "outcome": a.outcome,
                     "reason": a.reason,
-                    "started_at": a.started_at or a.launched_at,
+                    "started_at": a.started_at if a.started_at is not None else a.launched_at,
                     "ended_at": a.ended_at,
                     "seconds": round(a.seconds(now), 3),
                     "preemptions": a.preemptions,

@@ -1,0 +1,93 @@
+"""SpotTrainingOperator: invalid arguments fail at DAG parse time with a message naming the fix."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from airflow_spot_training.backends.local import LocalBackend
+from airflow_spot_training.core.policy import Action, Decision, ThresholdPolicy
+from airflow_spot_training.operators.spot_training import (
+    SpotTrainingConfigError,
+    SpotTrainingOperator,
+    default_checkpoint_prefix,
+)
+
+BACKEND = LocalBackend(command=[sys.executable, "-c", "pass"])
+
+
+def make(**kw):
+    kw.setdefault("backend", BACKEND)
+    return SpotTrainingOperator(task_id="train", **kw)
+
+
+class TestSpotTrainingOperatorArguments:
+    def test_defaults(self):
+        op = make()
+        assert op.deferrable is True
+        assert isinstance(op.escalation_policy, ThresholdPolicy) and op.escalation_policy.max_preemptions == 3
+        assert op.restart_overhead == BACKEND.default_restart_overhead
+        assert set(op.template_fields) == {"checkpoint_prefix", "deadline"}
+
+    def test_backend_by_name_needs_its_settings(self):
+        with pytest.raises(SpotTrainingConfigError, match="train: LocalBackend needs command"):
+            make(backend="local")
+
+    def test_unknown_backend(self):
+        with pytest.raises(SpotTrainingConfigError, match=r"backend='azure-batch' is not a backend.*local"):
+            make(backend="azure-batch")
+
+    @pytest.mark.parametrize("value", [-1, 1.5, "2", True])
+    def test_bad_threshold(self, value):
+        with pytest.raises(SpotTrainingConfigError, match=r"max_preemptions=.* is invalid: give 0 or a positive"):
+            make(max_preemptions=value)
+
+    def test_naive_deadline(self):
+        with pytest.raises(SpotTrainingConfigError, match="naive datetime: give it a timezone"):
+            make(deadline=datetime(2030, 1, 1))
+
+    def test_unparsable_deadline(self):
+        with pytest.raises(SpotTrainingConfigError, match=r"deadline='by friday' is not understood"):
+            make(deadline="by friday")
+
+    def test_templated_deadline_is_checked_after_rendering(self):
+        assert make(deadline="{{ params.deadline }}").deadline == "{{ params.deadline }}"
+
+    @pytest.mark.parametrize("deadline", [timedelta(hours=6), "6h", datetime(2030, 1, 1, tzinfo=timezone.utc)])
+    def test_good_deadlines(self, deadline):
+        make(deadline=deadline)
+
+    def test_policy_without_decide(self):
+        with pytest.raises(SpotTrainingConfigError, match="has no decide"):
+            make(escalation_policy=object())
+
+    def test_custom_policy_is_kept(self):
+        class AlwaysOnDemand:
+            def decide(self, state):
+                return Decision(Action.ON_DEMAND, "always")
+
+        policy = AlwaysOnDemand()
+        assert make(escalation_policy=policy).escalation_policy is policy
+
+    @pytest.mark.parametrize(
+        "kwargs, message",
+        [
+            ({"poll_interval": 0}, "poll_interval=0 is invalid"),
+            ({"poll_interval": "fast"}, "poll_interval='fast' is invalid"),
+            ({"max_attempts": 0}, "max_attempts=0 is invalid"),
+            ({"max_spot_wait": -1}, "max_spot_wait=-1 is invalid"),
+            ({"restart_overhead": timedelta(seconds=-5)}, "restart_overhead=-5.0 is invalid"),
+            ({"checkpoint_prefix": 42}, "checkpoint_prefix must be a string"),
+        ],
+    )
+    def test_other_bad_arguments(self, kwargs, message):
+        with pytest.raises(SpotTrainingConfigError, match=message):
+            make(**kwargs)
+
+
+def test_default_checkpoint_prefix_is_path_safe():
+    prefix = default_checkpoint_prefix("s3://b/base/", "dag", "manual__2026-11-22T06:36:40+00:00", "train", -1)
+    assert prefix == "s3://b/base/dag/manual__2026-11-22T06_36_40_00_00/train"
+    assert default_checkpoint_prefix("/x", "d", "r", "t", 3) == "/x/d/r/t/3"
