@@ -240,16 +240,18 @@ def deadline_escalation_reason(state: JobState) -> str | None:
 def estimate_remaining_work(
     progress: float | None, compute_seconds: float, expected_runtime: float | None
 ) -> float | None:
-    """Estimate seconds of compute left.
+    """Estimate seconds of compute left, erring on the side of more.
 
-    From progress and the compute spent to reach it when progress is known and
-    positive; else from ``expected_runtime`` minus compute spent; else unknown.
+    Two estimates, the larger wins: from the rate so far (compute spent per unit of
+    committed progress, which includes restarts and lost work), and from
+    ``expected_runtime`` scaled by the progress not yet committed. Without progress
+    reports, compute already spent is not subtracted: attempts preempted before
+    their first checkpoint kept nothing. Unknown when neither is available.
     """
+    estimates = []
     if progress is not None and progress > 0 and compute_seconds > 0:
-        progress = min(progress, 1.0)
-        return compute_seconds * (1.0 - progress) / progress
+        p = min(progress, 1.0)
+        estimates.append(compute_seconds * (1.0 - p) / p)
     if expected_runtime is not None:
-        if progress is not None:
-            return expected_runtime * (1.0 - min(progress, 1.0))
-        return max(0.0, expected_runtime - compute_seconds)
-    return None
+        estimates.append(expected_runtime * (1.0 - min(progress or 0.0, 1.0)))
+    return max(estimates) if estimates else None

@@ -81,8 +81,14 @@ class TestEstimateRemainingWork:
         assert estimate_remaining_work(0.25, 100.0, None) == pytest.approx(300.0)
 
     def test_from_expected_runtime(self):
-        assert estimate_remaining_work(None, 100.0, 400.0) == 300.0
+        # no progress committed: nothing spent so far is known to be kept
+        assert estimate_remaining_work(None, 100.0, 400.0) == 400.0
         assert estimate_remaining_work(0.0, 0.0, 400.0) == 400.0
+        assert estimate_remaining_work(0.5, 0.0, 400.0) == 200.0
+
+    def test_the_larger_estimate_wins(self):
+        assert estimate_remaining_work(0.5, 1000.0, 400.0) == 1000.0
+        assert estimate_remaining_work(0.5, 100.0, 400.0) == 200.0
 
     def test_unknown(self):
         assert estimate_remaining_work(None, 100.0, None) is None

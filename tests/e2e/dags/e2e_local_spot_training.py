@@ -1,0 +1,58 @@
+"""DAGs the end-to-end tests run with `airflow dags test` (not examples: see dags/ for those).
+
+Paths for markers and state come from E2E_WORKDIR, set by the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pendulum
+from airflow.sdk import DAG
+
+from airflow_spot_training.backends.local import LocalBackend, fixed_preemptions
+from airflow_spot_training.operators.spot_training import SpotTrainingOperator
+
+WORKDIR = os.environ.get("E2E_WORKDIR", "/tmp/spot-training-e2e")
+TRAIN = [sys.executable, "-m", "airflow_spot_training.examples.regression", "--hidden", "16"]
+START = pendulum.datetime(2026, 1, 1, tz="UTC")
+
+
+def _dag(dag_id: str) -> DAG:
+    return DAG(dag_id=dag_id, schedule=None, start_date=START, catchup=False, tags=["e2e"])
+
+
+with _dag("e2e_threshold"):
+    SpotTrainingOperator(
+        task_id="train",
+        backend=LocalBackend(command=TRAIN + ["--steps", "200", "--checkpoint-every", "10", "--step-delay", "0.04"],
+                             preemptions=fixed_preemptions([5, 5]), notice_seconds=2),
+        max_preemptions=2, poll_interval=0.5, deadline="1h",
+    )
+
+with _dag("e2e_deadline"):
+    SpotTrainingOperator(
+        task_id="train",
+        backend=LocalBackend(command=TRAIN + ["--steps", "80", "--checkpoint-every", "10", "--step-delay", "0.05"],
+                             preemptions=fixed_preemptions([2.5] * 10), notice_seconds=2),
+        max_preemptions=None,  # only the deadline may escalate
+        deadline="40s", expected_runtime=8, restart_overhead=3, poll_interval=0.5,
+    )
+
+with _dag("e2e_retry"):
+    SpotTrainingOperator(
+        task_id="train",
+        backend=LocalBackend(
+            command=TRAIN + ["--steps", "80", "--checkpoint-every", "10", "--step-delay", "0.03",
+                             "--fail-at-step", "50", "--fail-marker", os.path.join(WORKDIR, "failed-once")],
+            preemptions=fixed_preemptions([2.0]), notice_seconds=2),
+        max_preemptions=3, poll_interval=0.5, retries=1, retry_delay=pendulum.duration(seconds=0),
+    )
+
+with _dag("e2e_kill"):
+    SpotTrainingOperator(
+        task_id="train",
+        backend=LocalBackend(command=TRAIN + ["--steps", "100000", "--step-delay", "0.05"], notice_seconds=1),
+        deferrable=False, poll_interval=0.5,
+    )
