@@ -52,8 +52,8 @@ class DeadlineAwarePolicy:
     :param wait_seconds: how long to wait before asking again for spot capacity.
     """
 
-    reserve_fraction: float = 0.5
-    move_back_restarts: float = 1.0
+    reserve_fraction: float = 0.8
+    move_back_restarts: float = 0.5
     wait_seconds: float = 60.0
     name: str = field(default="deadline_aware", init=False)
 
