@@ -70,6 +70,13 @@ class JobState:
     :param spot_unavailable: spot capacity was unavailable at the last try.
     :param spot_wait: seconds spent so far waiting for spot capacity.
     :param spot_available: for simulators and clouds that can tell: is spot available now.
+    :param total_work: seconds of compute the whole job needs (its expected runtime), when
+        known. Deadline-aware policies use it to place the start-to-deadline progress line;
+        without it they fall back to rules that only look at the remaining work.
+    :param poll_interval: seconds until the policy is asked again at the latest (the
+        caller's polling period). Deadline-aware policies keep this much extra margin so that
+        a decision taken now is still safe when the next one comes; 0 means "asked
+        continuously".
     """
 
     now: float
@@ -86,6 +93,8 @@ class JobState:
     spot_unavailable: bool = False
     spot_wait: float = 0.0
     spot_available: bool | None = None
+    total_work: float | None = None
+    poll_interval: float = 0.0
 
     @property
     def elapsed(self) -> float:
@@ -205,8 +214,10 @@ class ThresholdPolicy:
 
 
 def _preemption_cost(state: JobState) -> float:
-    """Seconds one more preemption costs: a restart plus the work since the last checkpoint."""
-    return state.restart_overhead + state.checkpoint_interval
+    """Seconds one more preemption costs: a restart plus the work since the last checkpoint,
+    plus one polling period (``JobState.poll_interval``, 0 by default) for the delay before
+    the policy is asked again."""
+    return state.restart_overhead + state.checkpoint_interval + state.poll_interval
 
 
 def deadline_escalation_reason(state: JobState) -> str | None:
@@ -235,6 +246,31 @@ def deadline_escalation_reason(state: JobState) -> str | None:
             f"+ {_fmt(_preemption_cost(state))} for one more preemption = {_fmt(needed)}"
         )
     return None
+
+
+def check_feasible(total_work: float, deadline_seconds: float, restart_overhead: float = 0.0) -> None:
+    """Raise ``ValueError`` up front when a deadline cannot be met even on on-demand.
+
+    The fastest possible run is one on-demand launch: ``restart_overhead`` plus
+    ``total_work``. A deadline shorter than that is a configuration error, better reported
+    before anything is launched than discovered as a silent miss.
+
+    :param total_work: seconds of compute the job needs.
+    :param deadline_seconds: seconds from the first launch to the deadline.
+    :param restart_overhead: seconds one launch costs before useful work starts.
+    """
+    if total_work < 0 or restart_overhead < 0:
+        raise ValueError(
+            f"total_work ({total_work} s) and restart_overhead ({restart_overhead} s) must be 0 or more."
+        )
+    needed = total_work + restart_overhead
+    if deadline_seconds < needed:
+        raise ValueError(
+            f"infeasible deadline: {_fmt(deadline_seconds)} ({deadline_seconds:.0f} s) is shorter than "
+            f"{_fmt(total_work)} of work + {_fmt(restart_overhead)} restart overhead = {_fmt(needed)} "
+            f"({needed:.0f} s), even on on-demand from the start. Move the deadline out by at least "
+            f"{_fmt(needed - deadline_seconds)} or shorten the job."
+        )
 
 
 def estimate_remaining_work(
