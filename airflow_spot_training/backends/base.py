@@ -171,7 +171,17 @@ class SpotBackend(ABC):
         """The price of the capacity an attempt runs on, when the backend knows it."""
         return None
 
+    def spot_available(self, handle: dict[str, Any]) -> bool | None:
+        """Whether a spot launch would likely succeed now; ``None`` when the backend cannot tell.
+
+        Asked while the on-demand attempt ``handle`` runs, for policies that move back to spot.
+        """
+        return None
+
     # -- triggerer side (async) --------------------------------------------------------
+    async def aspot_available(self, handle: dict[str, Any]) -> bool | None:
+        return await asyncio.to_thread(self.spot_available, handle)
+
     async def poll(self, handle: dict[str, Any]) -> AttemptStatus:
         """The attempt's status, without blocking the event loop.
 

@@ -314,6 +314,17 @@ class LocalBackend(SpotBackend):
     def price_per_hour(self, handle: dict[str, Any], capacity: Capacity) -> float | None:
         return self.spot_price_per_hour if capacity is Capacity.SPOT else self.on_demand_price_per_hour
 
+    def spot_available(self, handle: dict[str, Any]) -> bool | None:
+        """From the replayed trace's current sample for this run; always, without a trace."""
+        s = self.preemptions
+        if not s or s["kind"] != "trace":
+            return True
+        data = _load_trace(s["path"])
+        epoch = self._run_epoch(Path(handle["attempt_dir"]).parent)
+        elapsed = max(0.0, time.time() - epoch)
+        i = int(s.get("offset", 0)) + int(math.floor(elapsed / float(s.get("seconds_per_sample", 1.0))))
+        return bool(data[i % len(data)])
+
     def log_path(self, handle: dict[str, Any]) -> str:
         return str(Path(handle["attempt_dir"]) / LOG_FILE)
 

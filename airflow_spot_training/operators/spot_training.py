@@ -30,6 +30,7 @@ from airflow_spot_training.backends.base import (
 from airflow_spot_training.core import ledger as L
 from airflow_spot_training.core.contract import Contract, attempt_token, run_key
 from airflow_spot_training.core.deadline import DeadlineError, parse_deadline
+from airflow_spot_training.core.policies import POLICIES, make_policy
 from airflow_spot_training.core.policy import (
     Action,
     Capacity,
@@ -38,12 +39,19 @@ from airflow_spot_training.core.policy import (
     Event,
     JobState,
     ThresholdPolicy,
+    check_feasible,
     estimate_remaining_work,
+    serialize_policy,
 )
 from airflow_spot_training.links.spot_training import CheckpointLink
 from airflow_spot_training.runtime.checkpoint import CheckpointError, CheckpointManager
 from airflow_spot_training.runtime.results import read_metrics
-from airflow_spot_training.triggers.spot_training import EVENT_STATUSES, INTERRUPTED, SpotTrainingTrigger
+from airflow_spot_training.triggers.spot_training import (
+    EVENT_STATUSES,
+    INTERRUPTED,
+    RETURN_TO_SPOT,
+    SpotTrainingTrigger,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -95,8 +103,9 @@ class SpotTrainingOperator(BaseOperator):
     :param deadline: when the training must be done: an aware datetime, or a duration
         counted from the first launch (``timedelta``, ``"6h"``, ``"PT6H"``). Spot is used
         only while the time left can absorb one more preemption plus restart. (templated)
-    :param escalation_policy: an object with ``decide(JobState) -> Decision`` that replaces
-        the default rule (``ThresholdPolicy(max_preemptions)``).
+    :param escalation_policy: replaces the default rule (``ThresholdPolicy(max_preemptions)``):
+        an object with ``decide(JobState) -> Decision``, or the name of a shipped policy
+        (``"threshold"``, ``"greedy"``, ``"uniform_progress"``, ``"deadline_aware"``).
     :param poll_interval: seconds between two status polls (default ``[spot_training] poll_interval``).
     :param max_attempts: cap on launched attempts across all tries; the task fails beyond it.
     :param max_spot_wait: cap on total time spent waiting for spot capacity; after it the
@@ -107,6 +116,10 @@ class SpotTrainingOperator(BaseOperator):
         preemption); the deadline rule budgets it. Default 0.
     :param expected_runtime: compute time the whole training needs, used to estimate the work
         left until the training reports progress through its commit records.
+    :param return_to_spot: while an on-demand attempt runs, ask the policy at every poll
+        whether to move back to spot; when it says so, the on-demand attempt checkpoints and
+        stops, and the next attempt launches on spot. Needs a policy that can be serialized
+        (``serialize_kwargs()``) and a backend that can tell whether spot is available.
     :param deferrable: wait in the triggerer (default) or block a worker slot.
     :param progress_log_interval: seconds between two progress lines in the triggerer log.
     """
@@ -122,13 +135,14 @@ class SpotTrainingOperator(BaseOperator):
         checkpoint_prefix: str | None = None,
         max_preemptions: int | None = 3,
         deadline: Any = None,
-        escalation_policy: EscalationPolicy | None = None,
+        escalation_policy: EscalationPolicy | str | None = None,
         poll_interval: float | timedelta | None = None,
         max_attempts: int = 20,
         max_spot_wait: float | timedelta | None = timedelta(hours=1),
         restart_overhead: float | timedelta | None = None,
         checkpoint_interval: float | timedelta | None = None,
         expected_runtime: float | timedelta | None = None,
+        return_to_spot: bool = False,
         deferrable: bool = True,
         progress_log_interval: float | timedelta | None = None,
         **kwargs: Any,
@@ -146,6 +160,14 @@ class SpotTrainingOperator(BaseOperator):
                 f"{self.task_id}: max_preemptions={max_preemptions!r} is invalid: give 0 or a positive "
                 "integer (0 runs on on-demand from the start), or None for no threshold."
             )
+        if isinstance(escalation_policy, str):
+            if escalation_policy not in POLICIES:
+                raise SpotTrainingConfigError(
+                    f"{self.task_id}: escalation_policy={escalation_policy!r} is not a known policy; "
+                    f"choose one of {', '.join(POLICIES)} or pass a policy object."
+                )
+            extra = {"max_preemptions": max_preemptions} if escalation_policy == "threshold" else {}
+            escalation_policy = make_policy(escalation_policy, **extra)
         if escalation_policy is not None and not callable(getattr(escalation_policy, "decide", None)):
             raise SpotTrainingConfigError(
                 f"{self.task_id}: escalation_policy={escalation_policy!r} has no decide(state) method; "
@@ -176,8 +198,33 @@ class SpotTrainingOperator(BaseOperator):
         self.restart_overhead = overhead if overhead is not None else self.backend.default_restart_overhead
         self.checkpoint_interval = _seconds(checkpoint_interval, "checkpoint_interval") or 0.0
         self.expected_runtime = _seconds(expected_runtime, "expected_runtime")
+        self.return_to_spot = return_to_spot
         self.deferrable = deferrable
         self.progress_log_interval = _seconds(progress_log_interval, "progress_log_interval", minimum=0.01)
+        if return_to_spot:
+            try:
+                serialize_policy(self.escalation_policy)
+            except TypeError as e:
+                raise SpotTrainingConfigError(f"{self.task_id}: return_to_spot=True: {e}") from e
+        if not _is_template(deadline):
+            self._check_feasible(parse_deadline(deadline), now=None)
+
+    def _check_feasible(self, deadline: Any, now: float | None) -> None:
+        """Refuse a deadline that even on-demand capacity cannot meet, before launching anything."""
+        if deadline is None or self.expected_runtime is None:
+            return
+        if deadline.after_seconds is not None:
+            window = deadline.after_seconds
+        elif now is not None:
+            window = deadline.at - now
+        else:
+            return  # an absolute deadline is checked when the run starts
+        try:
+            check_feasible(self.expected_runtime, window, self.restart_overhead)
+        except ValueError as e:
+            raise SpotTrainingConfigError(
+                f"{self.task_id}: deadline={self.deadline!r} with expected_runtime={self.expected_runtime:g} s: {e}"
+            ) from e
 
     # =====================================================================================
     # entry points
@@ -207,6 +254,8 @@ class SpotTrainingOperator(BaseOperator):
             )
         if event["status"] == INTERRUPTED:
             return self._attempt_interrupted(context, ledger, record, event)
+        if event["status"] == RETURN_TO_SPOT:
+            return self._move_back_to_spot(context, ledger, record, event)
         return self._attempt_ended(context, ledger, event, in_new_try=False)
 
     def execute_launch(self, context: Context, event: Any = None) -> Any:
@@ -273,6 +322,10 @@ class SpotTrainingOperator(BaseOperator):
                     f"deadline={self.deadline!r} is already past; nothing was launched. Give a later "
                     "deadline, or a duration such as '6h' counted from the first launch."
                 )
+            try:
+                self._check_feasible(deadline, now=time.time())
+            except SpotTrainingConfigError as e:
+                raise AirflowFailException(f"{e}; nothing was launched.") from e
         prices = {}
         for capacity in Capacity:
             price = self.backend.price_per_hour({}, capacity)
@@ -337,6 +390,8 @@ class SpotTrainingOperator(BaseOperator):
             checkpoint_interval=self.checkpoint_interval,
             spot_unavailable=spot_unavailable,
             spot_wait=spot_wait,
+            total_work=self.expected_runtime,
+            poll_interval=self._poll_interval(),
         )
 
     def _decide(self, ledger: L.RunLedger, event: Event, spot_unavailable: bool) -> Decision:
@@ -489,6 +544,7 @@ class SpotTrainingOperator(BaseOperator):
                     poll_interval=self._poll_interval(),
                     progress_log_interval=self.progress_log_interval or settings.progress_log_interval(),
                     known_preemptions=record.preemptions,
+                    **self._tick_kwargs(ledger, record),
                 ),
                 method_name="execute_complete",
             )
@@ -507,6 +563,22 @@ class SpotTrainingOperator(BaseOperator):
             event["status"] = INTERRUPTED
             return self._attempt_interrupted(context, ledger, record, event)
         return self._attempt_ended(context, ledger, event, in_new_try=False)
+
+    def _tick_kwargs(self, ledger: L.RunLedger, record: L.AttemptRecord) -> dict[str, Any]:
+        """What the trigger needs to ask the policy about moving an on-demand attempt back to spot."""
+        if not self.return_to_spot or record.capacity != Capacity.ON_DEMAND.value:
+            return {}
+        classpath, kwargs = serialize_policy(self.escalation_policy)
+        state = self._job_state(ledger, Event.TICK, spot_unavailable=False)
+        snapshot = {
+            "started_at": state.started_at, "deadline": state.deadline, "attempts": state.attempts,
+            "preemptions": state.preemptions, "progress": state.progress,
+            "remaining_work": state.remaining_work, "restart_overhead": state.restart_overhead,
+            "checkpoint_interval": state.checkpoint_interval, "spot_wait": state.spot_wait,
+            "total_work": state.total_work, "poll_interval": state.poll_interval,
+            "attempt_launched_at": record.launched_at,
+        }
+        return {"tick_policy": [classpath, kwargs], "tick_state": snapshot}
 
     def _wait_for_capacity(self, context: Context, ledger: L.RunLedger, seconds: float) -> Any:
         if self.deferrable:
@@ -554,6 +626,23 @@ class SpotTrainingOperator(BaseOperator):
         self.log.info("attempt %s interrupted %s time(s); the backend restarts it in place (%s)",
                       record.number, record.preemptions, decision.reason)
         return self._wait_for_attempt(context, ledger, record)
+
+    def _move_back_to_spot(self, context: Context, ledger: L.RunLedger, record: L.AttemptRecord,
+                           event: dict[str, Any]) -> Any:
+        """The policy wants spot again: the on-demand attempt checkpoints and stops, spot takes over."""
+        decision = Decision(Action.SPOT, event.get("reason") or "the policy moved back to spot")
+        assert record.handle is not None
+        self.backend.stop(record.handle)  # a notice first: the training writes a checkpoint
+        status = self.backend.describe(record.handle)
+        record.outcome, record.reason = L.STOPPED, f"moved back to spot: {decision.reason}"
+        record.ended_at = status.ended_at or time.time()
+        record.started_at = status.started_at or record.started_at or record.launched_at
+        step, total = self._latest_step(ledger)
+        record.checkpoint_step, record.total_steps = step, total or record.total_steps
+        ledger.record_decision(decision, Event.TICK.value, time.time())
+        self._save(context, ledger)
+        self.log.info("attempt %s on on-demand stopped at step %s: %s", record.number, step, decision.reason)
+        return self._launch(context, ledger, Capacity.SPOT)
 
     # =====================================================================================
     # an attempt ended

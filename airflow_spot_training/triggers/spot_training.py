@@ -8,7 +8,8 @@ when the attempt succeeds, is preempted, fails, or finds no spot capacity:
 
     {
         "status": "succeeded" | "preempted" | "failed" | "capacity_unavailable" | "stopped"
-                  | "interrupted",  # preempted, but the backend restarts it in place (SageMaker)
+                  | "interrupted"  # preempted, but the backend restarts it in place (SageMaker)
+                  | "return_to_spot",  # the policy wants this on-demand attempt moved to spot
         "reason": str,
         "attempt": int,
         "token": str,
@@ -34,11 +35,14 @@ from typing import Any, AsyncIterator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_spot_training.backends.base import FINAL_STATES, AttemptStatus, SpotBackend
+from airflow_spot_training.core.policy import Action, Capacity, Event, JobState, deserialize_policy
 from airflow_spot_training.runtime.checkpoint import CheckpointManager
 
 #: an attempt the backend restarts by itself after a preemption (SageMaker managed spot)
 INTERRUPTED = "interrupted"
-EVENT_STATUSES = FINAL_STATES | {INTERRUPTED}
+#: the policy wants the running on-demand attempt moved back to spot
+RETURN_TO_SPOT = "return_to_spot"
+EVENT_STATUSES = FINAL_STATES | {INTERRUPTED, RETURN_TO_SPOT}
 #: consecutive poll errors after which the attempt is reported failed
 MAX_POLL_ERRORS = 20
 
@@ -56,6 +60,10 @@ class SpotTrainingTrigger(BaseTrigger):
     :param known_preemptions: preemptions of this attempt the operator already counted; the
         trigger fires ``interrupted`` as soon as the backend reports more while the attempt
         keeps running (backends that restart attempts in place, such as SageMaker).
+    :param tick_policy: ``[classpath, kwargs]`` of the escalation policy to ask at every poll
+        whether an on-demand attempt should move back to spot; ``None`` never asks.
+    :param tick_state: the JSON-safe job state the operator had when it deferred, which the
+        trigger ages to each poll (time, remaining work) before asking the policy.
     """
 
     def __init__(
@@ -69,6 +77,8 @@ class SpotTrainingTrigger(BaseTrigger):
         poll_interval: float = 30.0,
         progress_log_interval: float = 60.0,
         known_preemptions: int = 0,
+        tick_policy: list[Any] | None = None,
+        tick_state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.backend_classpath = backend_classpath
@@ -79,6 +89,8 @@ class SpotTrainingTrigger(BaseTrigger):
         self.poll_interval = poll_interval
         self.progress_log_interval = progress_log_interval
         self.known_preemptions = known_preemptions
+        self.tick_policy = tick_policy
+        self.tick_state = tick_state
         self._backend: SpotBackend | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -92,6 +104,8 @@ class SpotTrainingTrigger(BaseTrigger):
             "poll_interval": self.poll_interval,
             "progress_log_interval": self.progress_log_interval,
             "known_preemptions": self.known_preemptions,
+            "tick_policy": self.tick_policy,
+            "tick_state": self.tick_state,
         }
 
     @property
@@ -124,6 +138,12 @@ class SpotTrainingTrigger(BaseTrigger):
                 checkpoint = await self._latest_checkpoint()
                 yield TriggerEvent(self._event(status, checkpoint, INTERRUPTED))
                 return
+            if self.tick_policy and status.state == "running":
+                reason = await self._ask_to_return_to_spot(status)
+                if reason:
+                    checkpoint = await self._latest_checkpoint()
+                    yield TriggerEvent({**self._event(status, checkpoint, RETURN_TO_SPOT), "reason": reason})
+                    return
             if time.monotonic() >= next_progress_log:
                 next_progress_log = time.monotonic() + self.progress_log_interval
                 self.log.info("%s", await self._progress_line(status))
@@ -167,6 +187,22 @@ class SpotTrainingTrigger(BaseTrigger):
         ago = max(0.0, time.time() - checkpoint["committed_at"])
         total = f" / {checkpoint['total_steps']}" if checkpoint.get("total_steps") else ""
         return f"{where}, step {checkpoint['step']}{total}, last checkpoint {_ago(ago)} ago"
+
+    async def _ask_to_return_to_spot(self, status: AttemptStatus) -> str | None:
+        """Ask the policy (TICK) whether to leave on-demand for spot; the reason if so."""
+        assert self.tick_policy is not None and self.tick_state is not None
+        available = await self.backend.aspot_available(self.handle)
+        snapshot = dict(self.tick_state)
+        launched_at = snapshot.pop("attempt_launched_at", None) or time.time()
+        now = time.time()
+        useful = max(0.0, now - launched_at - float(snapshot.get("restart_overhead") or 0.0))
+        if snapshot.get("remaining_work") is not None:
+            snapshot["remaining_work"] = max(0.0, snapshot["remaining_work"] - useful)
+        state = JobState(now=now, event=Event.TICK, current_capacity=Capacity.ON_DEMAND,
+                         spot_available=available, **snapshot)
+        policy = deserialize_policy(*self.tick_policy)
+        decision = await asyncio.to_thread(policy.decide, state)  # user code: keep it off the loop
+        return decision.reason if decision.action is Action.SPOT else None
 
     async def on_kill(self) -> None:
         """The task was killed or marked failed while deferred: stop the attempt."""

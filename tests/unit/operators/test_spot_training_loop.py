@@ -210,3 +210,73 @@ class TestInterruptedInPlace:
         assert (a2["capacity"], a2["outcome"]) == ("on_demand", "succeeded")
         assert a2["start_step"] and a2["start_step"] > 0  # resumed from the spot job's checkpoints
         assert sum(1 for t in run.deferrals if t.attempt == 1) == 2  # re-deferred once, after the first
+
+
+class MoveBackWhenSpotReturns:
+    """On-demand while spot is unavailable; back to spot as soon as the backend sees it again."""
+
+    def serialize_kwargs(self):
+        return {}
+
+    def decide(self, state):
+        from airflow_spot_training.core.policy import Event
+
+        if state.event is Event.TICK:
+            if state.spot_available:
+                return Decision(Action.SPOT, "spot is back")
+            return Decision(Action.ON_DEMAND, "stay")
+        if state.spot_unavailable:
+            return Decision(Action.ON_DEMAND, "no spot now")
+        return Decision(Action.SPOT, "spot")
+
+
+class TestReturnToSpot:
+    def test_on_demand_attempt_checkpoints_stops_and_spot_takes_over(self, tmp_path):
+        trace = tmp_path / "trace.json"
+        trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [0, 0] + [1] * 1000}))
+        b = backend(tmp_path, env={"STEPS": "120", "DELAY": "0.05"},
+                    preemptions={"kind": "trace", "path": str(trace), "seconds_per_sample": 1.5})
+        op = operator(tmp_path, b, escalation_policy=MoveBackWhenSpotReturns(), return_to_spot=True)
+        run = TaskRun()
+        summary = run.run(op)
+        got = [(a["capacity"], a["outcome"]) for a in summary["attempts"]]
+        assert got == [("spot", "capacity_unavailable"), ("on_demand", "stopped"), ("spot", "succeeded")]
+        assert [e["to"] for e in summary["escalations"]] == ["on_demand", "spot"]
+        on_demand, spot = summary["attempts"][1], summary["attempts"][2]
+        assert on_demand["reason"] == "moved back to spot: spot is back"
+        assert spot["start_step"] == on_demand["checkpoint_step"] > 0  # resumed where on-demand stopped
+
+    def test_needs_a_serializable_policy(self, tmp_path):
+        class Opaque:
+            def decide(self, state):
+                return Decision(Action.SPOT, "x")
+
+        with pytest.raises(Exception, match="return_to_spot=True: .*serialize_kwargs"):
+            operator(tmp_path, backend(tmp_path), escalation_policy=Opaque(), return_to_spot=True)
+
+
+class TestPolicyByName:
+    def test_named_policies(self, tmp_path):
+        from airflow_spot_training.core.policies import DeadlineAwarePolicy
+
+        op = operator(tmp_path, backend(tmp_path), escalation_policy="deadline_aware")
+        assert isinstance(op.escalation_policy, DeadlineAwarePolicy)
+        op = operator(tmp_path, backend(tmp_path), escalation_policy="threshold", max_preemptions=5)
+        assert op.escalation_policy.max_preemptions == 5
+
+    def test_unknown_name(self, tmp_path):
+        with pytest.raises(Exception, match=r"escalation_policy='cheapest' is not a known policy; choose one of"):
+            operator(tmp_path, backend(tmp_path), escalation_policy="cheapest")
+
+    def test_infeasible_deadline_fails_at_parse_time(self, tmp_path):
+        with pytest.raises(Exception, match=r"deadline='1h' with expected_runtime=7200 s: .*infeasible"):
+            operator(tmp_path, backend(tmp_path), deadline="1h", expected_runtime=7200)
+
+    def test_infeasible_absolute_deadline_fails_before_launch(self, tmp_path):
+        import datetime as dt
+
+        soon = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=10)).isoformat()
+        op = operator(tmp_path, backend(tmp_path), deadline=soon, expected_runtime=7200)
+        with pytest.raises(AirflowFailException, match="infeasible.*nothing was launched"):
+            TaskRun().run(op)
+        assert not (tmp_path / "state").exists()
