@@ -153,7 +153,8 @@ def deserialize_policy(classpath: str, kwargs: dict[str, Any]) -> EscalationPoli
     return cls(**kwargs)
 
 
-def _fmt(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """A duration for people: seconds, minutes or hours."""
     seconds = float(seconds)
     if abs(seconds) >= 3600:
         return f"{seconds / 3600:.1f} h"
@@ -209,7 +210,7 @@ class ThresholdPolicy:
                 # never wait past the point where on-demand must start
                 room = state.slack - _preemption_cost(state)  # type: ignore[operator]
                 wait = max(0.0, min(wait, room))
-            return Decision(Action.WAIT, f"spot capacity unavailable; waiting {_fmt(wait)} for it", wait)
+            return Decision(Action.WAIT, f"spot capacity unavailable; waiting {format_duration(wait)} for it", wait)
         return Decision(Action.SPOT, "spot: time left can absorb another preemption")
 
 
@@ -234,16 +235,16 @@ def deadline_escalation_reason(state: JobState) -> str | None:
     if state.remaining_work is None:
         if left <= 2 * state.restart_overhead:
             return (
-                f"deadline in {_fmt(left)}: no room for another restart "
-                f"(restart overhead {_fmt(state.restart_overhead)})"
+                f"deadline in {format_duration(left)}: no room for another restart "
+                f"(restart overhead {format_duration(state.restart_overhead)})"
             )
         return None
     needed = state.remaining_work + state.restart_overhead + _preemption_cost(state)
     if left < needed:
         return (
-            f"deadline in {_fmt(left)} cannot absorb another preemption: "
-            f"{_fmt(state.remaining_work)} of work left + {_fmt(state.restart_overhead)} restart "
-            f"+ {_fmt(_preemption_cost(state))} for one more preemption = {_fmt(needed)}"
+            f"deadline in {format_duration(left)} cannot absorb another preemption: "
+            f"{format_duration(state.remaining_work)} of work left + {format_duration(state.restart_overhead)} restart "
+            f"+ {format_duration(_preemption_cost(state))} for one more preemption = {format_duration(needed)}"
         )
     return None
 
@@ -266,10 +267,10 @@ def check_feasible(total_work: float, deadline_seconds: float, restart_overhead:
     needed = total_work + restart_overhead
     if deadline_seconds < needed:
         raise ValueError(
-            f"infeasible deadline: {_fmt(deadline_seconds)} ({deadline_seconds:.0f} s) is shorter than "
-            f"{_fmt(total_work)} of work + {_fmt(restart_overhead)} restart overhead = {_fmt(needed)} "
+            f"infeasible deadline: {format_duration(deadline_seconds)} ({deadline_seconds:.0f} s) is shorter than "
+            f"{format_duration(total_work)} of work + {format_duration(restart_overhead)} restart overhead = {format_duration(needed)} "
             f"({needed:.0f} s), even on on-demand from the start. Move the deadline out by at least "
-            f"{_fmt(needed - deadline_seconds)} or shorten the job."
+            f"{format_duration(needed - deadline_seconds)} or shorten the job."
         )
 
 

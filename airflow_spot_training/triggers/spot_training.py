@@ -35,7 +35,14 @@ from typing import Any, AsyncIterator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_spot_training.backends.base import FINAL_STATES, AttemptStatus, SpotBackend
-from airflow_spot_training.core.policy import Action, Capacity, Event, JobState, deserialize_policy
+from airflow_spot_training.core.policy import (
+    Action,
+    Capacity,
+    Event,
+    JobState,
+    deserialize_policy,
+    format_duration,
+)
 from airflow_spot_training.runtime.checkpoint import CheckpointManager
 
 #: an attempt the backend restarts by itself after a preemption (SageMaker managed spot)
@@ -186,7 +193,7 @@ class SpotTrainingTrigger(BaseTrigger):
             return f"{where}, no checkpoint yet"
         ago = max(0.0, time.time() - checkpoint["committed_at"])
         total = f" / {checkpoint['total_steps']}" if checkpoint.get("total_steps") else ""
-        return f"{where}, step {checkpoint['step']}{total}, last checkpoint {_ago(ago)} ago"
+        return f"{where}, step {checkpoint['step']}{total}, last checkpoint {format_duration(ago)} ago"
 
     async def _ask_to_return_to_spot(self, status: AttemptStatus) -> str | None:
         """Ask the policy (TICK) whether to leave on-demand for spot; the reason if so."""
@@ -209,10 +216,3 @@ class SpotTrainingTrigger(BaseTrigger):
         self.log.info("task killed while deferred: stopping attempt %s", self.attempt)
         await self.backend.astop(self.handle)
 
-
-def _ago(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    if seconds >= 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds:.0f} s"

@@ -9,7 +9,7 @@ one polling period.
 
 from __future__ import annotations
 
-from airflow_spot_training.core.policy import Capacity, Event, JobState
+from airflow_spot_training.core.policy import Capacity, Event, JobState, format_duration
 
 
 def safety_margin(state: JobState) -> float:
@@ -40,11 +40,4 @@ def initial_slack(state: JobState) -> float | None:
     return state.deadline - state.started_at - state.total_work - state.restart_overhead
 
 
-def fmt(seconds: float) -> str:
-    """A duration for people: seconds, minutes or hours."""
-    seconds = float(seconds)
-    if abs(seconds) >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    if abs(seconds) >= 60:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds:.0f} s"
+fmt = format_duration  # the policies' reasons read like the operator's
