@@ -12,7 +12,8 @@ import threading
 import pytest
 
 from airflow_spot_training.backends.base import LaunchRequest
-from airflow_spot_training.backends.local import LocalBackend, _alive, fixed_preemptions
+from airflow_spot_training.backends.local import LocalBackend, _alive, request_preemption
+from airflow_spot_training.runtime.checkpoint import CheckpointManager
 from airflow_spot_training.core.contract import Contract
 from airflow_spot_training.core.policy import Capacity
 from airflow_spot_training.triggers.spot_training import SpotTrainingTrigger
@@ -79,10 +80,14 @@ class TestSpotTrainingTrigger:
         assert event["started_at"] <= event["ended_at"]
 
     async def test_preemption_event(self, tmp_path):
-        _, _, trigger = _launch(tmp_path, preemptions=fixed_preemptions([0.25]), env={"STEPS": "100"})
+        _, handle, trigger = _launch(tmp_path, env={"STEPS": "1000"})
+        manager = CheckpointManager(str(tmp_path / "ck"))
+        while manager.latest() is None:  # the training is up and checkpointing
+            await asyncio.sleep(0.05)
+        assert request_preemption(handle["attempt_dir"])  # the cloud reclaims the machine
         event = await _first_event(trigger)
         assert event["status"] == "preempted" and event["preemptions"] == 1
-        assert 1 <= event["checkpoint"]["step"] < 100  # the notice let it commit before exiting
+        assert 1 <= event["checkpoint"]["step"] < 1000  # the notice let it commit before exiting
 
     async def test_rebuilt_trigger_carries_on(self, tmp_path):
         """A triggerer dies mid-wait; another rebuilds the trigger from its kwargs and finishes the wait."""
