@@ -241,7 +241,8 @@ class GCEServer:
         self.fake = fake or FakeGCE()
         handler = type("Handler", (_Handler,), {"fake": self.fake})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
 
     @property
     def endpoint(self) -> str:
