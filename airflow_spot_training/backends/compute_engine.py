@@ -55,7 +55,10 @@ from airflow_spot_training.backends.base import (
 from airflow_spot_training.core.policy import Capacity
 
 PREEMPTED_OPERATION = "compute.instances.preempted"
-CAPACITY_ERROR_CODES = frozenset({"ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"})
+CAPACITY_ERROR_CODES = frozenset({
+    "ZONE_RESOURCE_POOL_EXHAUSTED",
+    "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
+})
 QUOTA_ERROR_CODES = frozenset({"QUOTA_EXCEEDED"})
 NAME_PREFIX = "spot"
 DEFAULT_IMAGE = "projects/debian-cloud/global/images/family/debian-12"
@@ -219,22 +222,29 @@ class ComputeEngineSpotBackend(SpotBackend):
         if len(set(self.zones)) != len(self.zones):
             raise BackendConfigError(f"zones={self.zones} lists a zone twice; give each zone once.")
         if not isinstance(self.machine_type, str) or not self.machine_type:
-            raise BackendConfigError("ComputeEngineSpotBackend needs machine_type='...', e.g. 'n1-standard-8'.")
-        if not self.command or (isinstance(self.command, list) and not all(isinstance(a, str) for a in self.command)):
+            raise BackendConfigError(
+                "ComputeEngineSpotBackend needs machine_type='...', e.g. 'n1-standard-8'.")
+        command_ok = isinstance(self.command, str) or (
+            isinstance(self.command, list) and all(isinstance(a, str) for a in self.command))
+        if not self.command or not command_ok:
             raise BackendConfigError(
                 "ComputeEngineSpotBackend needs command=...: the training command the VM runs, "
                 "a shell string or a list of strings, e.g. ['python3', '/opt/train.py']."
             )
         if not isinstance(self.accelerator_count, int) or self.accelerator_count < 0:
-            raise BackendConfigError(f"accelerator_count={self.accelerator_count!r} must be 0 or a positive integer.")
+            raise BackendConfigError(
+                f"accelerator_count={self.accelerator_count!r} must be 0 or a positive integer.")
         if self.accelerator_count and not self.accelerator_type:
             raise BackendConfigError("accelerator_count is set but accelerator_type is not; give "
                                      "accelerator_type='nvidia-tesla-t4' (for example).")
         if not isinstance(self.boot_disk_size_gb, int) or self.boot_disk_size_gb < 10:
-            raise BackendConfigError(f"boot_disk_size_gb={self.boot_disk_size_gb!r} must be an integer of 10 or more.")
+            raise BackendConfigError(
+                f"boot_disk_size_gb={self.boot_disk_size_gb!r} must be an integer of 10 or more.")
         if not isinstance(self.operation_timeout, (int, float)) or self.operation_timeout <= 0:
-            raise BackendConfigError(f"operation_timeout={self.operation_timeout!r} must be a positive number of seconds.")
-        for name, value in (("env", self.env), ("labels", self.labels), ("extra_metadata", self.extra_metadata)):
+            raise BackendConfigError(
+                f"operation_timeout={self.operation_timeout!r} must be a positive number of seconds.")
+        mappings = (("env", self.env), ("labels", self.labels), ("extra_metadata", self.extra_metadata))
+        for name, value in mappings:
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
                 raise BackendConfigError(f"{name} must map strings to strings.")
         gc.validate_common(project_id=self.project_id, gcp_conn_id=self.gcp_conn_id,
@@ -297,7 +307,8 @@ class ComputeEngineSpotBackend(SpotBackend):
             machine_type=f"zones/{zone}/machineTypes/{self.machine_type}",
             scheduling=scheduling,
             labels=gc.resource_labels(request, self.labels),
-            metadata=compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v) for k, v in metadata.items()]),
+            metadata=compute_v1.Metadata(
+                items=[compute_v1.Items(key=k, value=v) for k, v in metadata.items()]),
             disks=[compute_v1.AttachedDisk(
                 boot=True, auto_delete=True,
                 initialize_params=compute_v1.AttachedDiskInitializeParams(
@@ -315,7 +326,8 @@ class ComputeEngineSpotBackend(SpotBackend):
                 accelerator_count=self.accelerator_count)]
         return instance
 
-    def _handle(self, request: LaunchRequest, project: str, zone: str | None, tried: list[str]) -> dict[str, Any]:
+    def _handle(self, request: LaunchRequest, project: str, zone: str | None,
+                tried: list[str]) -> dict[str, Any]:
         return {
             "backend": self.kind,
             "project": project,
@@ -349,7 +361,8 @@ class ComputeEngineSpotBackend(SpotBackend):
             except Exception as e:
                 if _is_already_exists(e):
                     return self._handle(request, project, zone, tried)
-                raise self._translate(e, f"creating VM {insert.instance_resource.name} in {zone}", project) from e
+                action = f"creating VM {insert.instance_resource.name} in {zone}"
+                raise self._translate(e, action, project) from e
             operation = self._wait(operations, project, zone, operation)
             codes = [err.code for err in operation.error.errors]
             if not codes:
@@ -390,7 +403,8 @@ class ComputeEngineSpotBackend(SpotBackend):
         first = operation.error.errors[0]
         if "PERMISSION" in first.code or first.code == "FORBIDDEN":
             return CloudActionRequired(gc.permission_message(
-                "Compute Engine", f"creating a VM in {zone}", first.message, "the connection's service account"))
+                "Compute Engine", f"creating a VM in {zone}", first.message,
+                "the connection's service account"))
         return CloudActionRequired(gc.invalid_argument_message(
             "Compute Engine", f"{first.code}: {first.message}", FIELD_TO_ARGUMENT))
 
@@ -432,7 +446,8 @@ class ComputeEngineSpotBackend(SpotBackend):
         inst = self._get(instances, project, zone, name) if zone else None
         status = inst.status if inst is not None else "GONE"
         if status in _PENDING_STATUSES:
-            return AttemptStatus(state=PENDING, reason=f"VM {name} is {status}", started_at=handle.get("launched_at"))
+            return AttemptStatus(state=PENDING, reason=f"VM {name} is {status}",
+                                 started_at=handle.get("launched_at"))
         if status in _RUNNING_STATUSES:
             return AttemptStatus(state=RUNNING, reason=f"VM {name} is RUNNING in {zone}",
                                  started_at=handle.get("launched_at"), details=self._details(handle, None))
@@ -445,7 +460,8 @@ class ComputeEngineSpotBackend(SpotBackend):
                                  details=self._details(handle, None))
         if result is not None:
             self._delete_if_present(handle)
-            return AttemptStatus(state=FAILED, reason=f"the training exited with code {result.get('exit_code')}",
+            return AttemptStatus(state=FAILED,
+                                 reason=f"the training exited with code {result.get('exit_code')}",
                                  started_at=handle.get("launched_at"), ended_at=result.get("finished_at"),
                                  details=self._details(handle, result))
         if inst is None:
@@ -455,11 +471,12 @@ class ComputeEngineSpotBackend(SpotBackend):
         else:
             self._delete_if_present(handle)
             reason = f"VM {name} is {status} with no result record (the guest shut down or crashed)"
-        return AttemptStatus(state=FAILED, reason=reason, started_at=handle.get("launched_at"), ended_at=time.time(),
-                             details=self._details(handle, None))
+        return AttemptStatus(state=FAILED, reason=reason, started_at=handle.get("launched_at"),
+                             ended_at=time.time(), details=self._details(handle, None))
 
     def _details(self, handle: dict[str, Any], result: dict[str, Any] | None) -> dict[str, Any]:
-        details = {"zone": handle.get("zone"), "instance": handle["name"], "zones_tried": handle.get("zones_tried", [])}
+        details = {"zone": handle.get("zone"), "instance": handle["name"],
+                   "zones_tried": handle.get("zones_tried", [])}
         if result is not None:
             details["exit_code"] = result.get("exit_code")
         return details

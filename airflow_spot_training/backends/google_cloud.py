@@ -22,6 +22,7 @@ DEFAULT_CONN_ID = "google_cloud_default"
 REQUEST_ID_NAMESPACE = uuid.UUID("5b0f2f4e-8d3a-4c1e-9a57-2f1f0c6a7e11")
 
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]+")
+_PROJECT_ID = re.compile(r"[a-z][-a-z0-9:.]{4,61}[a-z0-9]")
 _PERMISSION = re.compile(r"\b([a-z][a-zA-Z]*\.[a-zA-Z]+\.[a-zA-Z]+)\b")
 _ROLE_FOR_SERVICE = {
     "compute": "roles/compute.instanceAdmin.v1",
@@ -51,7 +52,7 @@ def credentials_and_project(
 
 
 def validate_common(*, project_id: Any, gcp_conn_id: Any, emulator_host: Any, storage_options: Any) -> None:
-    if project_id is not None and (not isinstance(project_id, str) or not re.fullmatch(r"[a-z][-a-z0-9:.]{4,61}[a-z0-9]", project_id)):
+    if project_id is not None and not (isinstance(project_id, str) and _PROJECT_ID.fullmatch(project_id)):
         raise BackendConfigError(
             f"project_id={project_id!r} is not a Google Cloud project id (lower case, 6-30 characters); "
             "give the project id, or leave it out to use the project of the connection."
@@ -59,7 +60,9 @@ def validate_common(*, project_id: Any, gcp_conn_id: Any, emulator_host: Any, st
     if not isinstance(gcp_conn_id, str) or not gcp_conn_id:
         raise BackendConfigError(f"gcp_conn_id={gcp_conn_id!r} is invalid: give an Airflow connection id "
                                  f"such as {DEFAULT_CONN_ID!r}.")
-    if emulator_host is not None and not (isinstance(emulator_host, str) and emulator_host.startswith(("http://", "https://", "127.", "localhost"))):
+    emulator_ok = isinstance(emulator_host, str) and emulator_host.startswith(
+        ("http://", "https://", "127.", "localhost"))
+    if emulator_host is not None and not emulator_ok:
         raise BackendConfigError(
             f"emulator_host={emulator_host!r} is invalid: give the base URL of an emulator of the API "
             "(e.g. 'http://127.0.0.1:8085'), or leave it out to talk to Google Cloud."
@@ -150,8 +153,12 @@ def translate_http_error(
 
     message = getattr(e, "message", None) or str(e)
     reasons = {str(x.get("reason", "")) for x in (getattr(e, "errors", None) or []) if isinstance(x, dict)}
-    if isinstance(e, (gexc.ResourceExhausted, gexc.TooManyRequests)) or reasons & {"quotaExceeded", "QUOTA_EXCEEDED"} \
-            or re.search(r"\bquota\b", message, re.I) and isinstance(e, gexc.Forbidden):
+    is_quota = (
+        isinstance(e, (gexc.ResourceExhausted, gexc.TooManyRequests))
+        or bool(reasons & {"quotaExceeded", "QUOTA_EXCEEDED"})
+        or (isinstance(e, gexc.Forbidden) and re.search(r"\bquota\b", message, re.I) is not None)
+    )
+    if is_quota:
         quota = _quota_name(message) or "for this request"
         return CloudActionRequired(quota_message(service, quota, _region_in(message), None, project, message))
     if isinstance(e, (gexc.Forbidden, gexc.PermissionDenied, gexc.Unauthorized, gexc.Unauthenticated)):

@@ -82,9 +82,10 @@ def base_output_directory(checkpoint_prefix: str) -> str:
     prefix = checkpoint_prefix.rstrip("/")
     if posixpath.basename(prefix) != CHECKPOINT_DIR:
         raise BackendConfigError(
-            f"checkpoint_prefix {checkpoint_prefix!r} must end in '/{CHECKPOINT_DIR}' for Vertex AI, which sets "
-            f"AIP_CHECKPOINT_DIR=<base_output_directory>/{CHECKPOINT_DIR}/; use e.g. "
-            f"'gs://bucket/runs/{{{{ run_id }}}}/{CHECKPOINT_DIR}' (VertexAISpotTrainingOperator does this by default)."
+            f"checkpoint_prefix {checkpoint_prefix!r} must end in '/{CHECKPOINT_DIR}' for Vertex AI, "
+            f"which sets AIP_CHECKPOINT_DIR=<base_output_directory>/{CHECKPOINT_DIR}/; use e.g. "
+            f"'gs://bucket/runs/{{{{ run_id }}}}/{CHECKPOINT_DIR}' "
+            "(VertexAISpotTrainingOperator does this by default)."
         )
     return posixpath.dirname(prefix)
 
@@ -219,16 +220,18 @@ class VertexAISpotBackend(SpotBackend):
                 f"(got {self.region!r}).")
         if self.worker_pool_specs is not None:
             if self.machine_type or self.image_uri:
-                raise BackendConfigError("give either worker_pool_specs=[...] or machine_type= and image_uri=, "
-                                         "not both.")
+                raise BackendConfigError(
+                    "give either worker_pool_specs=[...] or machine_type= and image_uri=, not both.")
             if not isinstance(self.worker_pool_specs, list) or not self.worker_pool_specs \
                     or not all(isinstance(s, dict) for s in self.worker_pool_specs):
-                raise BackendConfigError("worker_pool_specs must be a non-empty list of WorkerPoolSpec dicts.")
+                raise BackendConfigError(
+                    "worker_pool_specs must be a non-empty list of WorkerPoolSpec dicts.")
             self._worker_pool_specs({})  # raises on fields Vertex does not know
         else:
             if not self.machine_type:
-                raise BackendConfigError("VertexAISpotBackend needs machine_type='...' (e.g. 'n1-standard-8'), "
-                                         "or worker_pool_specs=[...].")
+                raise BackendConfigError(
+                    "VertexAISpotBackend needs machine_type='...' (e.g. 'n1-standard-8'), "
+                    "or worker_pool_specs=[...].")
             if not self.image_uri:
                 raise BackendConfigError("VertexAISpotBackend needs image_uri='...': the training container "
                                          "image, e.g. 'us-docker.pkg.dev/my-project/train/trainer:1'.")
@@ -236,13 +239,15 @@ class VertexAISpotBackend(SpotBackend):
             if value is not None and not all(isinstance(a, str) for a in value):
                 raise BackendConfigError(f"{name} must be a list of strings.")
         if not isinstance(self.accelerator_count, int) or self.accelerator_count < 0:
-            raise BackendConfigError(f"accelerator_count={self.accelerator_count!r} must be 0 or a positive integer.")
+            raise BackendConfigError(
+                f"accelerator_count={self.accelerator_count!r} must be 0 or a positive integer.")
         if self.accelerator_count and not self.accelerator_type:
             raise BackendConfigError("accelerator_count is set but accelerator_type is not; give "
                                      "accelerator_type='NVIDIA_TESLA_T4' (for example).")
         if not isinstance(self.replica_count, int) or self.replica_count < 1:
             raise BackendConfigError(f"replica_count={self.replica_count!r} must be a positive integer.")
-        for name, value in (("timeout_seconds", self.timeout_seconds), ("max_pending_seconds", self.max_pending_seconds)):
+        for name, value in (("timeout_seconds", self.timeout_seconds),
+                            ("max_pending_seconds", self.max_pending_seconds)):
             if value is not None and (not isinstance(value, (int, float)) or value <= 0):
                 raise BackendConfigError(f"{name}={value!r} must be a positive number of seconds, or None.")
         for name, mapping in (("env", self.env), ("labels", self.labels)):
@@ -264,8 +269,9 @@ class VertexAISpotBackend(SpotBackend):
     def _project(self, conn_project: str | None) -> str:
         project = self.project_id or conn_project
         if not project:
-            raise CloudActionRequired(f"no project: give project_id= to the backend, or set the project in the "
-                                      f"{self.gcp_conn_id!r} connection.")
+            raise CloudActionRequired(
+                f"no project: give project_id= to the backend, or set the project in the "
+                f"{self.gcp_conn_id!r} connection.")
         return project
 
     def _connect(self) -> tuple[Any, str]:
@@ -300,7 +306,8 @@ class VertexAISpotBackend(SpotBackend):
                     JobServiceGrpcAsyncIOTransport,
                 )
 
-                transport = JobServiceGrpcAsyncIOTransport(channel=aio.insecure_channel(self._emulator_target()))
+                channel = aio.insecure_channel(self._emulator_target())
+                transport = JobServiceGrpcAsyncIOTransport(channel=channel)
                 client, project = JobServiceAsyncClient(transport=transport), self._project(None)
             else:
                 credentials, conn_project = await asyncio.to_thread(
@@ -360,7 +367,8 @@ class VertexAISpotBackend(SpotBackend):
             scheduling.timeout = duration_pb2.Duration(seconds=int(self.timeout_seconds))
         spec = cj.CustomJobSpec(
             worker_pool_specs=self._worker_pool_specs({**self.env, **request.contract.to_env()}),
-            base_output_directory={"output_uri_prefix": base_output_directory(request.contract.checkpoint_uri)},
+            base_output_directory={
+                "output_uri_prefix": base_output_directory(request.contract.checkpoint_uri)},
             scheduling=scheduling,
         )
         if self.service_account:
@@ -461,7 +469,8 @@ class VertexAISpotBackend(SpotBackend):
                                        field_to_argument=FIELD_TO_ARGUMENT)
 
 
-def job_status(job: Any, handle: dict[str, Any], max_pending_seconds: float | None) -> tuple[AttemptStatus, bool]:
+def job_status(job: Any, handle: dict[str, Any],
+               max_pending_seconds: float | None) -> tuple[AttemptStatus, bool]:
     """Map a CustomJob to an :class:`AttemptStatus`; the flag says "cancel it" (a stuck spot job)."""
     from google.cloud.aiplatform_v1.types import job_state
 
@@ -490,7 +499,8 @@ def job_status(job: Any, handle: dict[str, Any], max_pending_seconds: float | No
     if state == S.JOB_STATE_FAILED and spot and code in SPOT_RECLAIM_CODES:
         what = f"{SPOT_RECLAIM_CODES[code]} on a SPOT job: {message}"
         if started is not None:
-            return AttemptStatus(state=PREEMPTED, reason=f"preempted ({what})", preemptions=1, **common), False
+            status = AttemptStatus(state=PREEMPTED, reason=f"preempted ({what})", preemptions=1, **common)
+            return status, False
         return AttemptStatus(state=CAPACITY_UNAVAILABLE, reason=f"no spot capacity ({what})", **common), False
     reason = f"{S(state).name}: error code {code}: {message}" if code else S(state).name
     return AttemptStatus(state=FAILED, reason=reason, **common), False

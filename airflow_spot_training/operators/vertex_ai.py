@@ -7,7 +7,11 @@ from typing import TYPE_CHECKING, Any
 from airflow_spot_training import settings
 from airflow_spot_training.backends.base import BackendConfigError
 from airflow_spot_training.backends.google_cloud import DEFAULT_CONN_ID
-from airflow_spot_training.backends.vertex_ai import CHECKPOINT_DIR, VertexAISpotBackend, base_output_directory
+from airflow_spot_training.backends.vertex_ai import (
+    CHECKPOINT_DIR,
+    VertexAISpotBackend,
+    base_output_directory,
+)
 from airflow_spot_training.links.google_cloud import (
     VertexAICustomJobLink,
     run_and_persist_link,
@@ -70,8 +74,8 @@ class VertexAISpotTrainingOperator(SpotTrainingOperator):
         task_id = kwargs.get("task_id")
         if "backend" in kwargs:
             raise SpotTrainingConfigError(
-                f"{task_id}: VertexAISpotTrainingOperator builds its own backend; pass region=, machine_type=, "
-                "image_uri= and backend_options= instead of backend=.")
+                f"{task_id}: VertexAISpotTrainingOperator builds its own backend; pass region=, "
+                "machine_type=, image_uri= and backend_options= instead of backend=.")
         prefix = kwargs.get("checkpoint_prefix")
         try:
             if isinstance(prefix, str) and not _is_template(prefix):

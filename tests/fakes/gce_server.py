@@ -153,6 +153,11 @@ class FakeGCE:
         if request_id and request_id in self._request_ids:
             return 200, self.operations[self._request_ids[request_id]]
         name = body["name"]
+        machine_type = body.get("machineType", "").rsplit("/", 1)[-1]
+        if machine_type == "bogus":  # what the API says about a machine type that does not exist
+            return 400, _error(400, "Invalid value for field 'resource.machineType': "
+                                    f"'{body['machineType']}'. Machine type with name '{machine_type}' does not "
+                                    f"exist in zone '{zone}'.", "invalid")
         if (zone, name) in self.instances:
             return 409, _error(409, f"The resource 'projects/{self.project}/zones/{zone}/instances/{name}' "
                                     "already exists", "alreadyExists")

@@ -189,6 +189,13 @@ class TestComputeEngineSpotBackend:
         assert "compute.instances.create" in str(err.value)
         assert "roles/compute.instanceAdmin.v1" in str(err.value)
 
+    def test_invalid_machine_type_names_the_argument(self, server, backend, prefix):
+        bogus = ComputeEngineSpotBackend(**{**backend.serialize_kwargs(), "machine_type": "bogus"})
+        with pytest.raises(CloudActionRequired) as err:
+            bogus.launch(launch_request(prefix))
+        assert "machine_type" in str(err.value) and "does not exist in zone" in str(err.value)
+        assert server.fake.live_instances() == []
+
     def test_serialize_round_trip(self, backend):
         classpath, kwargs = backend.serialize()
         json.dumps(kwargs)
