@@ -360,7 +360,7 @@ class ComputeEngineSpotBackend(SpotBackend):
                 operation = instances.insert_unary(request=insert)
             except Exception as e:
                 if _is_already_exists(e):
-                    return self._handle(request, project, zone, tried)
+                    return self._existing(request, project, zone, tried)
                 action = f"creating VM {insert.instance_resource.name} in {zone}"
                 raise self._translate(e, action, project) from e
             operation = self._wait(operations, project, zone, operation)
@@ -375,6 +375,18 @@ class ComputeEngineSpotBackend(SpotBackend):
         raise SpotCapacityUnavailable(
             f"no {what} capacity for {self.machine_type} in zones {', '.join(tried)} "
             "(ZONE_RESOURCE_POOL_EXHAUSTED)", pools_tried=tried)
+
+    def _existing(self, request: LaunchRequest, project: str, zone: str, tried: list[str]) -> dict[str, Any]:
+        """The insert hit a VM of the same name: ours (same token label) is re-attached, any other refused."""
+        instances, _, _ = self._connect()
+        name = gc.attempt_name(NAME_PREFIX, request)
+        inst = self._get(instances, project, zone, name)
+        if inst is not None and inst.labels.get("spot-training-token") == gc.label_value(request.token):
+            return self._handle(request, project, zone, tried)
+        raise CloudActionRequired(
+            f"a VM named {name} already exists in {zone} but was not started for attempt token "
+            f"{request.token}: another deployment shares this project and dag/run/task ids. Delete that VM, "
+            "or use another project_id.")
 
     def _wait(self, operations: Any, project: str, zone: str, operation: Any) -> Any:
         from google.cloud import compute_v1

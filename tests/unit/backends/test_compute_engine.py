@@ -161,6 +161,24 @@ class TestComputeEngineSpotBackend:
         found = backend.find(request)
         assert found is not None and backend.describe(found).state == "succeeded"
 
+    def test_our_vm_is_reattached_after_the_request_id_expired(self, server, backend, prefix):
+        request = launch_request(prefix)
+        first = backend.launch(request)
+        server.fake._request_ids.clear()
+        # find() looks in the zones; an insert that hits our own VM (409) re-attaches as well
+        again = ComputeEngineSpotBackend(**backend.serialize_kwargs())._existing(
+            request, "test-project", "us-central1-a", [])
+        assert again["name"] == first["name"] and len(server.fake.live_instances()) == 1
+
+    def test_a_foreign_vm_with_the_same_name_is_refused(self, server, backend, prefix):
+        request = launch_request(prefix)
+        backend.launch(request)
+        server.fake.instances[("us-central1-a", f"spot-{request.contract.run_key}-a1")]["labels"] = {}
+        server.fake._request_ids.clear()  # request ids are remembered for a limited time only
+        with pytest.raises(CloudActionRequired, match="already exists in us-central1-a"):
+            ComputeEngineSpotBackend(**{**backend.serialize_kwargs(), "zones": ["us-central1-a"]}).launch(
+                launch_request(prefix))
+
     def test_stop_deletes_the_vm(self, server, backend, prefix):
         handle = backend.launch(launch_request(prefix))
         backend.stop(handle)

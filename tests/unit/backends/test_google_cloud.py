@@ -88,3 +88,26 @@ class TestErrors:
     def test_other_errors_are_left_alone(self):
         error = gexc.ServiceUnavailable("try again")
         assert gc.translate_http_error(error, service="s", action="a", project=None, field_to_argument={}) is error
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        ComputeEngineSpotBackend(zones=["us-central1-a"], machine_type="e2-small", command=["python3", "t.py"],
+                                 project_id="my-project", env={"A": "1"}),
+        VertexAISpotBackend(region="us-central1", machine_type="n1-standard-4", image_uri="img",
+                            project_id="my-project", timeout_seconds=3600),
+    ],
+    ids=["compute_engine", "vertex_ai"],
+)
+def test_trigger_serialize_round_trip_with_gcp_backends(backend):
+    from airflow_spot_training.triggers.spot_training import SpotTrainingTrigger
+
+    classpath, kwargs = backend.serialize()
+    trigger = SpotTrainingTrigger(backend_classpath=classpath, backend_kwargs=kwargs,
+                                  handle={"name": "x", "token": "k-a1"}, attempt=1, checkpoint_prefix="/tmp/c")
+    path, data = trigger.serialize()
+    json.dumps(data)
+    rebuilt = SpotTrainingTrigger(**data)
+    assert rebuilt.serialize() == (path, data)
+    assert rebuilt.backend.serialize() == (classpath, kwargs)
