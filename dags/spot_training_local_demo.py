@@ -2,9 +2,10 @@
 
 The training (a small MLP on generated data, see
 ``airflow_spot_training.examples.regression``) runs as a detached local process.
-Spot attempts 1 and 2 are preempted a few seconds after they start (a SIGTERM
-notice, then a hard kill); after ``max_preemptions=2`` the third attempt runs on
-on-demand capacity and finishes, resuming from the last committed checkpoint.
+Spot attempt 1 is reclaimed once it has committed step 100, attempt 2 once it has
+committed step 200 (a SIGTERM notice, then a hard kill); after ``max_preemptions=2``
+the third attempt runs on on-demand capacity and finishes, resuming from the last
+committed checkpoint.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pendulum
 from airflow.sdk import DAG, task
 
 # [START howto_operator_spot_training_local]
-from airflow_spot_training.backends.local import LocalBackend, fixed_preemptions
+from airflow_spot_training.backends.local import LocalBackend, step_preemptions
 from airflow_spot_training.core.ledger import format_summary
 from airflow_spot_training.operators.spot_training import SpotTrainingOperator
 
@@ -33,7 +34,7 @@ with DAG(
                 sys.executable, "-m", "airflow_spot_training.examples.regression",
                 "--steps", "300", "--checkpoint-every", "25", "--step-delay", "0.03",
             ],
-            preemptions=fixed_preemptions([7, 7]),  # spot attempts 1 and 2 are reclaimed after 7 s
+            preemptions=step_preemptions([100, 200]),  # spot attempts 1 and 2 are reclaimed past steps 100, 200
             notice_seconds=3,  # SIGTERM, then a hard kill 3 s later
             spot_price_per_hour=1.02,
             on_demand_price_per_hour=3.06,

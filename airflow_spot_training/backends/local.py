@@ -62,6 +62,13 @@ def fixed_preemptions(after_seconds: list[float | None]) -> dict[str, Any]:
     return {"kind": "fixed", "after_seconds": list(after_seconds)}
 
 
+def step_preemptions(at_steps: list[int | None]) -> dict[str, Any]:
+    """Spot attempt N is reclaimed once the training has committed a checkpoint at step
+    ``at_steps[N-1]`` or later (``None``: never). Reproducible whatever the machine's speed,
+    which makes it the schedule for demos and tests."""
+    return {"kind": "steps", "at_steps": list(at_steps)}
+
+
 def random_preemptions(per_hour: float, seed: int = 0) -> dict[str, Any]:
     """Preemptions arrive at random at ``per_hour`` on average; reproducible for a seed."""
     return {"kind": "rate", "per_hour": per_hour, "seed": seed}
@@ -75,10 +82,10 @@ def trace_preemptions(path: str, seconds_per_sample: float = 1.0, offset: int = 
 def _validate_schedule(schedule: dict[str, Any] | None) -> None:
     if schedule is None:
         return
-    if not isinstance(schedule, dict) or schedule.get("kind") not in ("fixed", "rate", "trace"):
+    if not isinstance(schedule, dict) or schedule.get("kind") not in ("fixed", "steps", "rate", "trace"):
         raise BackendConfigError(
             f"preemptions={schedule!r} is not a schedule: build one with fixed_preemptions([...]), "
-            "random_preemptions(per_hour, seed) or trace_preemptions(path)."
+            "step_preemptions([...]), random_preemptions(per_hour, seed) or trace_preemptions(path)."
         )
     kind = schedule["kind"]
     if kind == "fixed":
@@ -87,6 +94,10 @@ def _validate_schedule(schedule: dict[str, Any] | None) -> None:
                 raise BackendConfigError(
                     f"preemptions: fixed after_seconds must be non-negative numbers or None, got {v!r}"
                 )
+    elif kind == "steps":
+        for v in schedule.get("at_steps", []):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise BackendConfigError(f"preemptions: step_preemptions takes non-negative integers or None, got {v!r}")
     elif kind == "rate":
         if not isinstance(schedule.get("per_hour"), (int, float)) or schedule["per_hour"] < 0:
             raise BackendConfigError(f"preemptions: per_hour must be 0 or more, got {schedule.get('per_hour')!r}")
@@ -109,7 +120,7 @@ class LocalBackend(SpotBackend):
     :param command: the training command, as an argument list.
     :param env: extra environment variables for the training (the contract is added).
     :param cwd: working directory of the training.
-    :param preemptions: a schedule from :func:`fixed_preemptions`,
+    :param preemptions: a schedule from :func:`fixed_preemptions`, :func:`step_preemptions`,
         :func:`random_preemptions` or :func:`trace_preemptions`; ``None`` never preempts.
     :param notice_seconds: seconds between the notice (SIGTERM) and the hard kill
         (AWS gives 120, GCP 30; short values keep demos quick).
@@ -199,6 +210,8 @@ class LocalBackend(SpotBackend):
             if idx < len(after) and after[idx] is not None:
                 return now + float(after[idx])
             return None
+        if s["kind"] == "steps":
+            return None  # see _preempt_at_step: the supervisor watches the commit records
         if s["kind"] == "rate":
             if s["per_hour"] <= 0:
                 return None
@@ -214,6 +227,14 @@ class LocalBackend(SpotBackend):
             if data[(i0 + k) % len(data)] == 0:
                 return epoch + (i0 + k - int(s.get("offset", 0))) * sps
         return None
+
+    def _preempt_at_step(self, request: LaunchRequest) -> int | None:
+        s = self.preemptions
+        if request.capacity is not Capacity.SPOT or not s or s["kind"] != "steps":
+            return None
+        at = s["at_steps"]
+        idx = request.attempt - 1
+        return at[idx] if idx < len(at) else None
 
     # -- worker side ----------------------------------------------------------------------
     def launch(self, request: LaunchRequest) -> dict[str, Any]:
@@ -234,6 +255,7 @@ class LocalBackend(SpotBackend):
             preempt_at = self._preempt_at(request, attempt_dir.parent, now)
             env = {**os.environ, **self.env, **request.contract.to_env()}
             spec = {
+                "preempt_at_step": self._preempt_at_step(request),
                 "command": self.command,
                 "capacity": request.capacity.value,
                 "env": env,

@@ -51,6 +51,22 @@ def _tail(path: Path, lines: int = 5) -> str:
     return " | ".join(text[-lines:])
 
 
+def _progress_reader(spec: dict[str, Any]) -> Any:
+    """A function returning the newest committed step under the attempt's checkpoint prefix."""
+    from airflow_spot_training.runtime.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(spec["env"]["SPOT_TRAINING_CHECKPOINT_URI"], keep_last=None)
+
+    def newest() -> int | None:
+        try:
+            latest = manager.latest()
+        except OSError:
+            return None
+        return latest.step if latest else None
+
+    return newest
+
+
 def main(attempt_dir_arg: str) -> int:
     attempt_dir = Path(attempt_dir_arg)
     spec = json.loads((attempt_dir / "spec.json").read_text())
@@ -75,27 +91,43 @@ def main(attempt_dir_arg: str) -> int:
     _write_status(attempt_dir, status)
 
     preempt_at = spec.get("preempt_at")
+    preempt_at_step = spec.get("preempt_at_step")
+    progress = _progress_reader(spec) if preempt_at_step is not None else None
     capacity = spec.get("capacity") or spec.get("env", {}).get("SPOT_TRAINING_CAPACITY")
     preempt_now = attempt_dir / PREEMPT_NOW_FILE if capacity == "spot" else None
     notice = float(spec.get("notice_seconds", 5.0))
     noticed_at: float | None = None
     kind: str | None = None  # "preempted" or "stopped" once a notice is sent
+    next_progress_check = 0.0
+
+    def _reclaimed(now: float) -> bool:
+        """Whether the simulated cloud reclaims this spot attempt now."""
+        nonlocal next_progress_check
+        if preempt_at is not None and now >= preempt_at:
+            return True
+        if preempt_now is not None and preempt_now.exists():
+            return True
+        if progress is not None and now >= next_progress_check:
+            next_progress_check = now + 0.2
+            return (progress() or -1) >= preempt_at_step
+        return False
+
     while True:
         rc = child.poll()
         if rc is not None:
             break
         now = time.time()
-        if kind is None and stop_requested:
-            kind, noticed_at = STOPPED, now
-            child.send_signal(signal.SIGTERM)
-        elif kind is None and (
-            (preempt_at is not None and now >= preempt_at) or (preempt_now is not None and preempt_now.exists())
-        ):
-            kind, noticed_at = PREEMPTED, now
-            child.send_signal(signal.SIGTERM)
-            status.update(details={"notice_at": now})
-            _write_status(attempt_dir, status)
-        elif kind is not None and noticed_at is not None and now >= noticed_at + notice:
+        if kind is None:
+            if stop_requested:
+                kind = STOPPED
+            elif _reclaimed(now):
+                kind = PREEMPTED
+                status.update(details={"notice_at": now})
+                _write_status(attempt_dir, status)
+            if kind is not None:
+                noticed_at = now
+                child.send_signal(signal.SIGTERM)  # the notice
+        elif noticed_at is not None and now >= noticed_at + notice:
             child.kill()  # the machine is gone
             rc = child.wait()
             break

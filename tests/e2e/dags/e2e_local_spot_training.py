@@ -11,7 +11,7 @@ import sys
 import pendulum
 from airflow.sdk import DAG
 
-from airflow_spot_training.backends.local import LocalBackend, fixed_preemptions
+from airflow_spot_training.backends.local import LocalBackend, fixed_preemptions, step_preemptions
 from airflow_spot_training.operators.spot_training import SpotTrainingOperator
 
 WORKDIR = os.environ.get("E2E_WORKDIR", "/tmp/spot-training-e2e")
@@ -26,8 +26,8 @@ def _dag(dag_id: str) -> DAG:
 with _dag("e2e_threshold"):
     SpotTrainingOperator(
         task_id="train",
-        backend=LocalBackend(command=TRAIN + ["--steps", "200", "--checkpoint-every", "10", "--step-delay", "0.04"],
-                             preemptions=fixed_preemptions([5, 5]), notice_seconds=2),
+        backend=LocalBackend(command=TRAIN + ["--steps", "200", "--checkpoint-every", "10", "--step-delay", "0.02"],
+                             preemptions=step_preemptions([60, 120]), notice_seconds=2),
         max_preemptions=2, poll_interval=0.5, deadline="1h",
     )
 
@@ -46,7 +46,7 @@ with _dag("e2e_retry"):
         backend=LocalBackend(
             command=TRAIN + ["--steps", "80", "--checkpoint-every", "10", "--step-delay", "0.03",
                              "--fail-at-step", "50", "--fail-marker", os.path.join(WORKDIR, "failed-once")],
-            preemptions=fixed_preemptions([2.0]), notice_seconds=2),
+            preemptions=step_preemptions([20]), notice_seconds=2),
         max_preemptions=3, poll_interval=0.5, retries=1, retry_delay=pendulum.duration(seconds=0),
     )
 

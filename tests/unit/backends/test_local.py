@@ -23,6 +23,8 @@ from airflow_spot_training.backends.local import (
     _alive,
     fixed_preemptions,
     random_preemptions,
+    request_preemption,
+    step_preemptions,
     trace_preemptions,
 )
 from airflow_spot_training.core.contract import Contract
@@ -32,12 +34,12 @@ from airflow_spot_training.core.policy import Capacity
 SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, time
-    open(os.environ["MARK_DIR"] + "/pid-" + os.environ["SPOT_TRAINING_ATTEMPT"], "a").write(f"{os.getpid()}\\n")
     stop = []
     if os.environ.get("IGNORE_TERM") != "1":
         signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
     else:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    open(os.environ["MARK_DIR"] + "/pid-" + os.environ["SPOT_TRAINING_ATTEMPT"], "a").write(f"{os.getpid()}\\n")
     end = time.time() + float(os.environ.get("RUN_SECONDS", "0.2"))
     while time.time() < end and not stop:
         time.sleep(0.02)
@@ -55,6 +57,13 @@ def _backend(tmp_path: Path, **kw) -> LocalBackend:
     env = {"MARK_DIR": str(tmp_path), **kw.pop("env", {})}
     return LocalBackend(command=[sys.executable, "-c", SCRIPT], env=env, state_dir=str(tmp_path / "state"),
                         notice_seconds=kw.pop("notice_seconds", 1.0), **kw)
+
+
+def _wait_for_file(path: Path, timeout: float = 60) -> None:
+    end = time.time() + timeout
+    while not path.exists() and time.time() < end:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared"
 
 
 def _wait_final(backend: LocalBackend, handle: dict, timeout: float = 30):
@@ -81,9 +90,11 @@ class TestLocalBackend:
 
     def test_spot_attempt_is_preempted_with_a_notice_then_killed(self, tmp_path):
         # the training ignores the notice: the hard kill after notice_seconds ends it
-        b = _backend(tmp_path, env={"RUN_SECONDS": "30", "IGNORE_TERM": "1"},
-                     preemptions=fixed_preemptions([0.3]), notice_seconds=0.5)
-        status = _wait_final(b, b.launch(_request(tmp_path)))
+        b = _backend(tmp_path, env={"RUN_SECONDS": "30", "IGNORE_TERM": "1"}, notice_seconds=0.5)
+        handle = b.launch(_request(tmp_path))
+        _wait_for_file(tmp_path / "pid-1")  # up, with its SIGTERM disposition set
+        assert request_preemption(handle["attempt_dir"])
+        status = _wait_final(b, handle)
         assert status.state == "preempted" and status.preemptions == 1
         assert status.details["exit_code"] == -9
         assert "notice_at" in status.details
@@ -121,9 +132,7 @@ class TestLocalBackend:
     def test_stop_ends_the_training_and_its_supervisor(self, tmp_path):
         b = _backend(tmp_path, env={"RUN_SECONDS": "60", "IGNORE_TERM": "1"}, notice_seconds=0.3)
         handle = b.launch(_request(tmp_path))
-        end = time.time() + 10
-        while not (tmp_path / "pid-1").exists() and time.time() < end:
-            time.sleep(0.05)
+        _wait_for_file(tmp_path / "pid-1")
         pid = int((tmp_path / "pid-1").read_text().split()[0])
         b.stop(handle)
         assert b.describe(handle).state == "stopped"
@@ -185,3 +194,32 @@ class TestLocalBackend:
     def test_resolve_backend_names_the_choices(self):
         with pytest.raises(BackendConfigError, match=r"backend='nimbus' is not a backend.*local"):
             resolve_backend("nimbus")
+
+
+class TestStepPreemptions:
+    def test_reclaimed_once_the_step_is_committed(self, tmp_path):
+        train = textwrap.dedent(
+            """
+            import signal, sys, time
+            from airflow_spot_training.runtime import CheckpointManager, read_contract
+            m = CheckpointManager(read_contract().checkpoint_uri)
+            stop = []
+            signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+            for step in range(1, 10000):
+                time.sleep(0.01)
+                m.save(step, {"w": b"x"})
+                if stop:
+                    sys.exit(143)
+            """
+        )
+        b = LocalBackend(command=[sys.executable, "-c", train], state_dir=str(tmp_path / "state"),
+                         preemptions=step_preemptions([30]), notice_seconds=2)
+        status = _wait_final(b, b.launch(_request(tmp_path)), timeout=60)
+        assert status.state == "preempted"
+        from airflow_spot_training.runtime.checkpoint import CheckpointManager
+
+        assert 30 <= CheckpointManager(str(tmp_path / "ck")).latest().step < 10000
+
+    def test_bad_steps(self):
+        with pytest.raises(BackendConfigError, match="step_preemptions takes non-negative integers"):
+            LocalBackend(command=["x"], preemptions=step_preemptions([1.5]))
