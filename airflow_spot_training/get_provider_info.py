@@ -16,6 +16,8 @@ def get_provider_info() -> dict[str, Any]:
         "versions": [__version__],
         "extra-links": [
             "airflow_spot_training.links.spot_training.CheckpointLink",
+            "airflow_spot_training.links.aws.EC2InstanceLink",
+            "airflow_spot_training.links.aws.SageMakerTrainingJobLink",
         ],
         "config": {
             "spot_training": {

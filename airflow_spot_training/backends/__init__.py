@@ -2,4 +2,6 @@
 
 BACKENDS = {
     "local": "airflow_spot_training.backends.local.LocalBackend",
+    "ec2": "airflow_spot_training.backends.ec2.EC2SpotBackend",
+    "sagemaker": "airflow_spot_training.backends.sagemaker.SageMakerSpotBackend",
 }
