@@ -294,3 +294,59 @@ class EC2Machine:
             return
         manager.write_result(attempt, {"exit_code": 0 if ending == "finish" else 3, "attempt": attempt})
         shut_down_instance(handle["instance_id"])
+
+
+def install_sagemaker_quota_error(monkeypatch: Any) -> None:
+    """Every CreateTrainingJob answers ResourceLimitExceeded, as SageMaker does past a quota."""
+    from moto.sagemaker.exceptions import SagemakerClientError
+    from moto.sagemaker.models import SageMakerModelBackend
+
+    class ResourceLimitExceeded(SagemakerClientError):
+        code = "ResourceLimitExceeded"
+
+    def create_training_job(self: Any, **kwargs: Any) -> Any:
+        raise ResourceLimitExceeded("The account-level service limit 'ml.g5.xlarge for spot training job usage' "
+                                    "is 0 Instances")
+
+    monkeypatch.setattr(SageMakerModelBackend, "create_training_job", create_training_job)
+
+
+class SageMakerMachine:
+    """Plays SageMaker's side of each wait: commit checkpoints, then interrupt, complete or time out.
+
+    :param cloud: the SageMaker state editor.
+    :param storage_options: s3fs options reaching moto's S3.
+    :param script: what happens at each successive wait: ``"interrupt"`` (SageMaker reclaims
+        and restarts the job in place), ``"complete"``, ``"max-wait"``, ``"keep"``.
+    """
+
+    def __init__(self, cloud: SageMakerCloud, storage_options: dict[str, Any], script: list[str],
+                 total_steps: int = 120) -> None:
+        self.cloud = cloud
+        self.storage_options = storage_options
+        self.script = list(script)
+        self.total_steps = total_steps
+        self.resumed_from: list[tuple[str, int]] = []
+
+    def __call__(self, handle: dict[str, Any]) -> None:
+        from airflow_spot_training.runtime.checkpoint import CheckpointManager
+
+        name = handle["job_name"]
+        action = self.script.pop(0)
+        job = self.cloud.job(name)
+        prefix = job.checkpoint_config["S3Uri"]
+        manager = CheckpointManager(prefix, keep_last=None, storage_options=self.storage_options)
+        latest = manager.latest()
+        start = latest.step if latest else 0
+        self.resumed_from.append((name, start))
+        if action == "keep":
+            return
+        end = self.total_steps if action == "complete" else min(start + 40, self.total_steps)
+        for step in range(start + 20, end + 1, 20):  # what SageMaker syncs from LocalPath to S3Uri
+            manager.save(step, {"model.bin": f"weights at {step}".encode()}, total_steps=self.total_steps)
+        if action == "interrupt":
+            self.cloud.interrupt(name)
+        elif action == "complete":
+            self.cloud.complete(name, training_seconds=1000, billable_seconds=300)
+        elif action == "max-wait":
+            self.cloud.max_wait_exceeded(name)
