@@ -114,13 +114,17 @@ class FaultPlan:
     :param no_capacity: (instance type, subnet) pools that answer InsufficientInstanceCapacity to spot launches.
     :param quota_error: error code every spot launch answers with (e.g. MaxSpotInstanceCountExceeded).
     :param throttle_run: how many RunInstances calls answer RequestLimitExceeded first.
-    :param throttle_describe: how many DescribeInstances calls answer RequestLimitExceeded first.
+    :param throttle_describe: how many DescribeInstances-by-filter calls (find by tag) answer
+        RequestLimitExceeded first.
+    :param throttle_poll: how many DescribeInstances-by-id calls (the triggers' polls) answer
+        RequestLimitExceeded first.
     """
 
     no_capacity: set[tuple[str, str | None]] = field(default_factory=set)
     quota_error: str | None = None
     throttle_run: int = 0
     throttle_describe: int = 0
+    throttle_poll: int = 0
     calls: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -151,14 +155,23 @@ def install_faults(monkeypatch: Any, plan: FaultPlan) -> FaultPlan:
                                  f"We currently do not have sufficient {pool[0]} capacity in the subnet.")
         return original_run(self, image_id, count, user_data, security_group_names, **kwargs)
 
-    def describe_instances(self: Any, *args: Any, **kwargs: Any) -> Any:
-        n = plan.count("DescribeInstances")
-        if n <= plan.throttle_describe:
-            raise EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
-        return original_describe(self, *args, **kwargs)
+    def counted(original: Any) -> Any:
+        # DescribeInstances by filters and by InstanceIds reach two different moto methods
+        def describe(self: Any, *args: Any, **kwargs: Any) -> Any:
+            n = plan.count("DescribeInstances")
+            if original is original_by_ids:
+                n = plan.count("DescribeInstances(InstanceIds)")
+                if n <= plan.throttle_poll:
+                    raise EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
+            elif n <= plan.throttle_describe:
+                raise EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
+            return original(self, *args, **kwargs)
+        return describe
 
+    original_by_ids = InstanceBackend.get_reservations_by_instance_ids
     monkeypatch.setattr(InstanceBackend, "run_instances", run_instances)
-    monkeypatch.setattr(InstanceBackend, "describe_instances", describe_instances)
+    monkeypatch.setattr(InstanceBackend, "describe_instances", counted(original_describe))
+    monkeypatch.setattr(InstanceBackend, "get_reservations_by_instance_ids", counted(original_by_ids))
     return plan
 
 

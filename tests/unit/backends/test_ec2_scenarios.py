@@ -139,7 +139,8 @@ class TestEC2Scenarios:
         assert aws_cloud.all_instances() == []
 
     def test_throttling_is_retried_with_backoff_and_the_task_succeeds(self, aws, network, tmp_path, monkeypatch):
-        plan = aws_cloud.install_faults(monkeypatch, aws_cloud.FaultPlan(throttle_run=2, throttle_describe=2))
+        plan = aws_cloud.install_faults(monkeypatch, aws_cloud.FaultPlan(throttle_run=2, throttle_describe=2,
+                                                                           throttle_poll=2))
         store = JsonFileStateStore(tmp_path / "state.json")
         machine = aws_cloud.EC2Machine(aws["storage_options"], {1: "finish"})
         summary, _ = run_try(operator(network), store, 1, machine)
@@ -147,6 +148,7 @@ class TestEC2Scenarios:
         assert summary["outcome"] == "succeeded" and len(summary["attempts"]) == 1
         assert plan.calls["RunInstances"] == 3  # two throttled answers, then the launch
         assert plan.calls["DescribeInstances"] > 2
+        assert plan.calls["DescribeInstances(InstanceIds)"] > 2  # the trigger's polls were throttled, then served
         assert len(instances_of(summary["run_key"])) == 1
 
     def test_task_killed_while_deferred_terminates_the_instance(self, aws, network, tmp_path):
