@@ -25,7 +25,10 @@ def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> I
     import boto3
     import requests
 
+    from airflow_spot_training.backends.aws_connection import clear_storage_options_cache
+
     requests.post(f"{moto_endpoint}/moto-api/reset", timeout=10)
+    clear_storage_options_cache()
     for key, value in aws_cloud.connection_env(moto_endpoint).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)  # the tests' own boto3 calls

@@ -12,6 +12,7 @@ the backends never sleep-and-retry by hand.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -48,13 +49,19 @@ def error_message(error: Exception) -> str:
     return str(response.get("Error", {}).get("Message", "")) or str(error)
 
 
+#: (conn id, region) -> (options, monotonic time read): shared by every backend of the process,
+#: so a triggerer with a thousand EC2 triggers reads the connection once, not a thousand times
+_STORAGE_CACHE: dict[tuple[str | None, str | None], tuple[dict[str, Any], float]] = {}
+_STORAGE_LOCK = threading.Lock()
+
+
 class S3StorageOptions:
     """fsspec (s3fs) options derived from the same Airflow connection as the backend.
 
     The endpoint (for S3-compatible stores and test servers) and the credentials
     come from the connection, so the worker, the triggerer and the backend all
-    read the checkpoint prefix the same way. Cached for :data:`STORAGE_OPTIONS_TTL`
-    seconds because temporary credentials expire.
+    read the checkpoint prefix the same way. Cached per process for
+    :data:`STORAGE_OPTIONS_TTL` seconds because temporary credentials expire.
 
     :param aws_conn_id: the Airflow AWS connection.
     :param region_name: the region, when not the connection's.
@@ -63,12 +70,18 @@ class S3StorageOptions:
     def __init__(self, aws_conn_id: str | None, region_name: str | None) -> None:
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
-        self._cached: dict[str, Any] | None = None
-        self._cached_at = 0.0
 
     def get(self) -> dict[str, Any]:
-        if self._cached is not None and time.monotonic() - self._cached_at < STORAGE_OPTIONS_TTL:
-            return dict(self._cached)
+        key = (self.aws_conn_id, self.region_name)
+        with _STORAGE_LOCK:
+            cached = _STORAGE_CACHE.get(key)
+            if cached is not None and time.monotonic() - cached[1] < STORAGE_OPTIONS_TTL:
+                return dict(cached[0])
+            options = self._read()
+            _STORAGE_CACHE[key] = (options, time.monotonic())
+            return dict(options)
+
+    def _read(self) -> dict[str, Any]:
         hook = make_hook(self.aws_conn_id, self.region_name, "s3")
         options: dict[str, Any] = {}
         credentials = hook.get_credentials()
@@ -84,5 +97,10 @@ class S3StorageOptions:
             client_kwargs["region_name"] = hook.region_name
         if client_kwargs:
             options["client_kwargs"] = client_kwargs
-        self._cached, self._cached_at = options, time.monotonic()
-        return dict(options)
+        return options
+
+
+def clear_storage_options_cache() -> None:
+    """Forget cached S3 options (the connection changed)."""
+    with _STORAGE_LOCK:
+        _STORAGE_CACHE.clear()
