@@ -76,10 +76,12 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
                    reclaim: Any) -> dict[str, Any]:
     events: dict[int, float] = {}
     detected: dict[int, float] = {}
+    polls = [0]
 
     def timed_poll(k: int, poll: Any) -> Any:
         async def wrapper(handle: dict[str, Any]) -> Any:
             status = await poll(handle)
+            polls[0] += 1
             if status.is_final and k not in detected:
                 detected[k] = time.monotonic()
             return status
@@ -99,9 +101,11 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
     # warm-up: clients created, pollers in step, and each trigger's first progress line (it reads the
     # checkpoint prefix, at 2 poll intervals) done, so the window measures steady-state polling
     await asyncio.sleep(3 * interval)
-    calls0, cpu0, t0 = count_file.stat().st_size, time.process_time(), time.monotonic()
+    calls0, cpu0, t0, polls0 = count_file.stat().st_size, time.process_time(), time.monotonic(), polls[0]
     await asyncio.sleep(window * interval)
-    calls1, cpu1, t1 = count_file.stat().st_size, time.process_time(), time.monotonic()
+    calls1, cpu1, t1, polls1 = count_file.stat().st_size, time.process_time(), time.monotonic(), polls[0]
+    # a status check is one trigger learning its instance's state: one DescribeInstances for the peer
+    checks = (polls1 - polls0) if side == "ours" else (calls1 - calls0)
     rss_running = peak_rss_mb()
     early = len(events)
     reclaim_started = time.monotonic()
@@ -119,6 +123,8 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
         "describe_calls_per_interval": round((calls1 - calls0) / intervals, 2),
         "cpu_s_per_trigger_per_interval": (cpu1 - cpu0) / intervals / n,
         "cpu_s_window": round(cpu1 - cpu0, 3),
+        "status_checks_per_trigger_per_interval": round(checks / intervals / n, 3),
+        "cpu_ms_per_status_check": round((cpu1 - cpu0) / max(checks, 1) * 1000, 3),
         "peak_rss_mb_per_trigger": round(max(0.0, rss_running - rss_before) / n, 4),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "events_before_reclaim": early,
@@ -180,6 +186,7 @@ def worker(side: str, n: int, interval: float, window: int) -> dict[str, Any]:
 # =========================================================================================
 def table(results: list[dict[str, Any]]) -> str:
     head = (f"| {'N':>5} | {'trigger':<26} | {'DescribeInstances / interval':>28} | {'CPU ms / trigger / interval':>27} "
+            f"| {'checks / trigger / interval':>27} | {'CPU ms / check':>14} "
             f"| {'peak RSS KiB / trigger':>22} | {'reclaim -> event median / p95 / max (s)':>39} "
             f"| {'reclaim -> detection median / max (s)':>37} |")
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
@@ -188,7 +195,9 @@ def table(results: list[dict[str, Any]]) -> str:
         lat = r["reclaim_to_event_s"]
         lines.append(
             f"| {r['n']:>5} | {names[r['side']]:<26} | {r['describe_calls_per_interval']:>28} "
-            f"| {r['cpu_s_per_trigger_per_interval'] * 1000:>27.3f} | {r['peak_rss_mb_per_trigger'] * 1024:>22.1f} "
+            f"| {r['cpu_s_per_trigger_per_interval'] * 1000:>27.3f} "
+            f"| {r['status_checks_per_trigger_per_interval']:>27} | {r['cpu_ms_per_status_check']:>14} "
+            f"| {r['peak_rss_mb_per_trigger'] * 1024:>22.1f} "
             f"| {lat['median']:>11} / {lat['p95']} / {lat['max']:<17} "
             f"| {_detection(r):>37} |"
         )

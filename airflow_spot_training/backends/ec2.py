@@ -425,7 +425,7 @@ class EC2SpotBackend(SpotBackend):
             "pool": _pool_label({"instance_type": instance_type or "?", **({"subnet_id": pool["subnet_id"]}
                                  if pool.get("subnet_id") else {"availability_zone": zone or "?"})}),
             "pools_tried": list(tried),
-            "launched_at": time.time(),
+            "launched_at": _epoch(instance.get("LaunchTime")) or time.time(),
             "result_uri": request.contract.result_uri,
             "spot_price": spot_price,
             "on_demand_price": self.on_demand_price(instance_type),

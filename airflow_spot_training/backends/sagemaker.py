@@ -55,6 +55,7 @@ STARTING_SECONDARY = frozenset({"Starting", "LaunchingMLInstances", "PreparingTr
 #: longest job_name_prefix: 63 characters minus "-<20-hex run key>-a<up to 4 digits>"
 MAX_PREFIX = 63 - 1 - 20 - 6
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+_NOT_FOUND = re.compile(r"not find|not found|does not exist", re.I)
 DEFAULT_LOCAL_PATH = "/opt/ml/checkpoints"
 
 
@@ -282,7 +283,8 @@ class SageMakerSpotBackend(SpotBackend):
         try:
             self.client.describe_training_job(TrainingJobName=self.job_name(request))
         except Exception as e:
-            if error_code(e) == "ValidationException" and "not find" in error_message(e).lower():
+            # moto says "Could not find training job"; SageMaker "Requested resource not found."
+            if error_code(e) == "ValidationException" and _NOT_FOUND.search(error_message(e)):
                 return None
             raise
         return self._handle(request)
