@@ -60,6 +60,7 @@ class DescribeCoordinator:
         self._last_polled: dict[str, float] = {}
         self._waiters: dict[str, list[asyncio.Future[tuple[int, dict[str, Any] | None]]]] = {}
         self._tick = 0
+        self._last_call_seconds = 0.0
         self._task: asyncio.Task[None] | None = None
         #: DescribeInstances calls made so far (read by tests and the benchmark)
         self.calls = 0
@@ -88,6 +89,7 @@ class DescribeCoordinator:
                 waiters.remove(future)
             raise
         self._served_tick[token] = tick
+        self._last_polled[instance_id] = time.monotonic()  # served: its trigger is alive, keep it in the tick
         return result
 
     def forget(self, instance_id: str) -> None:
@@ -104,7 +106,9 @@ class DescribeCoordinator:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"ec2-describe{self.key}")
 
     def _wanted_ids(self, now: float) -> list[str]:
-        horizon = now - EXPIRE_INTERVALS * self.interval
+        # a slow call (thousands of instances, a throttled API) stretches the cycle; do not expire
+        # pollers that simply had no chance to come back yet
+        horizon = now - EXPIRE_INTERVALS * max(self.interval, self._last_call_seconds)
         for instance_id in [i for i, t in self._last_polled.items() if t < horizon and not self._waiters.get(i)]:
             self.forget(instance_id)
         return sorted(set(self._last_polled) | {i for i, w in self._waiters.items() if w})
@@ -118,6 +122,7 @@ class DescribeCoordinator:
                     break
                 await self._describe_all(ids)
                 elapsed = time.monotonic() - started
+                self._last_call_seconds = elapsed
                 await asyncio.sleep(max(0.0, self.interval - elapsed))
         finally:
             await self._close_client()
