@@ -95,6 +95,28 @@ class TestDescribeCoordinator:
         assert n * rounds == 250
         assert len(client.calls) <= rounds * 2 + 2  # calls follow ticks, not pollers
 
+    def test_a_call_slower_than_the_interval_keeps_every_poller_in_the_next_call(self):
+        class Slow(RecordingEC2Client):
+            async def describe_instances(self, InstanceIds):  # noqa: N803
+                await asyncio.sleep(0.2)  # four intervals: thousands of instances, a loaded machine
+                return await super().describe_instances(InstanceIds)
+
+        client = Slow(set(ids(20)))
+
+        async def poller(coordinator: DescribeCoordinator, instance_id: str, offset: float) -> None:
+            await asyncio.sleep(offset)
+            for _ in range(4):
+                await coordinator.describe(instance_id, caller=instance_id)
+                await asyncio.sleep(0.05)
+
+        async def main() -> None:
+            coordinator = DescribeCoordinator(("k",), factory(ClientContext(client)), interval=0.05)
+            await asyncio.gather(*(poller(coordinator, i, 0.01 * k) for k, i in enumerate(ids(20))))
+
+        asyncio.run(main())
+        # after the first call, every call covers every poller: none was dropped for being slow to return
+        assert [len(call) for call in client.calls[1:4]] == [20, 20, 20]
+
     def test_unknown_ids_are_none_and_do_not_fail_the_others(self):
         client = RecordingEC2Client({"i-00000000000000001"})
 
