@@ -92,8 +92,9 @@ class TestDescribeCoordinator:
             await asyncio.gather(*(poller(coordinator, i, k * 0.002) for k, i in enumerate(ids(n))))
 
         asyncio.run(main())
-        assert n * rounds == 250
-        assert len(client.calls) <= rounds * 2 + 2  # calls follow ticks, not pollers
+        # 250 status checks; calls follow the coordinator's ticks, not the pollers
+        assert len(client.calls) <= n * rounds // 10
+        assert max(len(call) for call in client.calls) == n
 
     def test_a_call_slower_than_the_interval_keeps_every_poller_in_the_next_call(self):
         class Slow(RecordingEC2Client):
