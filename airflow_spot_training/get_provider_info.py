@@ -16,6 +16,8 @@ def get_provider_info() -> dict[str, Any]:
         "versions": [__version__],
         "extra-links": [
             "airflow_spot_training.links.spot_training.CheckpointLink",
+            "airflow_spot_training.links.aws.EC2InstanceLink",
+            "airflow_spot_training.links.aws.SageMakerTrainingJobLink",
             "airflow_spot_training.links.google_cloud.ComputeEngineInstanceLink",
             "airflow_spot_training.links.google_cloud.VertexAICustomJobLink",
         ],

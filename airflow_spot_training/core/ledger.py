@@ -51,6 +51,11 @@ class AttemptRecord:
     pool: str | None = None
     price_per_hour: float | None = None
     billable_seconds: float | None = None
+    #: compute seconds the cloud measured (SageMaker's TrainingTimeInSeconds); spot savings
+    #: show as billable_seconds below it
+    training_seconds: float | None = None
+    #: what the same seconds cost on on-demand capacity, per hour (for per-attempt savings)
+    on_demand_price_per_hour: float | None = None
 
     @property
     def is_live(self) -> bool:
@@ -68,6 +73,20 @@ class AttemptRecord:
             return None
         seconds = self.billable_seconds if self.billable_seconds is not None else self.seconds(now)
         return seconds / 3600.0 * self.price_per_hour
+
+    def baseline_seconds(self, now: float | None = None) -> float:
+        """Seconds an on-demand run of the same work would bill."""
+        if self.training_seconds is not None:
+            return self.training_seconds
+        return self.billable_seconds if self.billable_seconds is not None else self.seconds(now)
+
+    def savings(self, on_demand_price: float | None, now: float | None = None) -> float | None:
+        """USD saved against running this attempt's seconds on on-demand capacity."""
+        price = self.on_demand_price_per_hour or on_demand_price
+        cost = self.cost(now)
+        if price is None or cost is None:
+            return None
+        return self.baseline_seconds(now) / 3600.0 * price - cost
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AttemptRecord:
@@ -203,8 +222,8 @@ class RunLedger:
             cost = sum(costs)  # type: ignore[arg-type]
             od = self.prices.get(Capacity.ON_DEMAND.value)
             if od:
-                seconds = sum(a.billable_seconds or a.seconds(now) for a in self.attempts)
-                baseline = (seconds / 3600.0) * od
+                baseline = sum(a.baseline_seconds(now) / 3600.0 * (a.on_demand_price_per_hour or od)
+                               for a in self.attempts)
                 savings = {
                     "on_demand_only_cost": round(baseline, 6),
                     "saved": round(baseline - cost, 6),
@@ -230,6 +249,9 @@ class RunLedger:
                     "try_number": a.try_number,
                     "pool": a.pool,
                     "cost": None if a.cost(now) is None else round(a.cost(now), 6),  # type: ignore[arg-type]
+                    "billable_seconds": a.billable_seconds,
+                    "training_seconds": a.training_seconds,
+                    "saved": _rounded(a.savings(self.prices.get(Capacity.ON_DEMAND.value), now)),
                 }
                 for a in self.attempts
             ],
@@ -245,6 +267,10 @@ class RunLedger:
             "recomputed_steps": self.recomputed_steps(),
             "deadline": self.deadline,
         }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

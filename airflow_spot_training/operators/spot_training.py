@@ -665,6 +665,10 @@ class SpotTrainingOperator(BaseOperator):
         details = event.get("details") or {}
         if details.get("billable_seconds") is not None:
             record.billable_seconds = float(details["billable_seconds"])
+        if details.get("training_seconds") is not None:
+            record.training_seconds = float(details["training_seconds"])
+        if details.get("on_demand_price") is not None:
+            record.on_demand_price_per_hour = float(details["on_demand_price"])
         checkpoint = event.get("checkpoint")
         if checkpoint is None:
             step, total = self._latest_step(ledger)

@@ -1,0 +1,54 @@
+"""A moto server for the trigger benchmark: counts DescribeInstances and makes terminations reclaims.
+
+``python -m benchmarks.moto_counting_server PORT COUNT_FILE``
+
+* every DescribeInstances call appends one byte to COUNT_FILE (its size is the count),
+  whatever client made it;
+* TerminateInstances leaves the state reason EC2 shows after a spot reclaim
+  (``Server.SpotInstanceTermination``), so the benchmark can reclaim N instances in
+  one API call (moto cannot reclaim spot capacity by itself).
+
+It runs in its own process so the benchmarked triggerer's CPU figures do not include
+moto's work.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main() -> None:
+    port, count_file = int(sys.argv[1]), sys.argv[2]
+    from moto.ec2.models.instances import InstanceBackend, StateReason
+    from moto.server import ThreadedMotoServer
+
+    fd = os.open(count_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    by_ids, by_filters = InstanceBackend.get_reservations_by_instance_ids, InstanceBackend.describe_instances
+    terminate = InstanceBackend.terminate_instances
+
+    def counted(original):  # type: ignore[no-untyped-def]
+        def describe(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            os.write(fd, b"D")
+            return original(self, *args, **kwargs)
+        return describe
+
+    def reclaim(self, instance_ids):  # type: ignore[no-untyped-def]
+        result = terminate(self, instance_ids)
+        for instance_id in instance_ids:
+            self.get_instance(instance_id).state_reason = StateReason(
+                "Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination")
+        return result
+
+    InstanceBackend.get_reservations_by_instance_ids = counted(by_ids)
+    InstanceBackend.describe_instances = counted(by_filters)
+    InstanceBackend.terminate_instances = reclaim
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    print("ready", flush=True)
+    sys.stdin.read()  # runs until the benchmark closes our stdin
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()
