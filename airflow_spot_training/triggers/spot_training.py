@@ -29,6 +29,7 @@ also runs when a triggerer restarts.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Any, AsyncIterator
 
@@ -123,7 +124,9 @@ class SpotTrainingTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         errors = 0
-        next_progress_log = time.monotonic() + min(self.progress_log_interval, self.poll_interval * 2)
+        # Spread the first progress line (a read of the checkpoint prefix) over one interval, so
+        # many triggers started together do not list the object store in the same second.
+        next_progress_log = time.monotonic() + random.uniform(0.5, 1.0) * self.progress_log_interval
         while True:
             try:
                 status = await self.backend.poll(self.handle)
