@@ -13,6 +13,11 @@ comes from a schedule: a fixed list, a seeded random rate, or a trace in the
 with each sample lasting ``seconds_per_sample`` real seconds. On-demand attempts
 are never preempted.
 
+A reclaim can also be injected on demand, for fault-injection tests and drills:
+:func:`request_preemption` (one attempt) and :func:`preempt_running` (every live
+spot attempt under a state directory) drop a ``preempt-now`` file that the
+supervisor treats as a reclaim: notice, then hard kill after ``notice_seconds``.
+
 Launch is idempotent on the attempt token: the attempt directory is created under
 an exclusive file lock, and a second launch with the same token returns the
 attempt that is already there.
@@ -230,6 +235,7 @@ class LocalBackend(SpotBackend):
             env = {**os.environ, **self.env, **request.contract.to_env()}
             spec = {
                 "command": self.command,
+                "capacity": request.capacity.value,
                 "env": env,
                 "cwd": self.cwd,
                 "preempt_at": preempt_at,
@@ -316,6 +322,35 @@ class LocalBackend(SpotBackend):
 
     def log_path(self, handle: dict[str, Any]) -> str:
         return str(Path(handle["attempt_dir"]) / LOG_FILE)
+
+
+def request_preemption(attempt_dir: str | os.PathLike[str]) -> bool:
+    """Make a running spot attempt be reclaimed now (notice, then hard kill).
+
+    Returns ``False`` (and changes nothing) when the attempt is on-demand or has ended.
+    """
+    from airflow_spot_training.backends.local_supervisor import PREEMPT_NOW_FILE
+
+    attempt_dir = Path(attempt_dir)
+    spec = _read_json(attempt_dir / "spec.json") or {}
+    capacity = spec.get("capacity") or (spec.get("env") or {}).get("SPOT_TRAINING_CAPACITY")
+    status = _read_json(attempt_dir / STATUS_FILE) or {}
+    if capacity != Capacity.SPOT.value or status.get("state") in FINAL_STATES:
+        return False
+    launch = _read_json(attempt_dir / LAUNCH_FILE)
+    if launch is None or not _alive(int(launch["supervisor_pid"])):
+        return False
+    (attempt_dir / PREEMPT_NOW_FILE).touch()
+    return True
+
+
+def preempt_running(state_dir: str | os.PathLike[str]) -> list[Path]:
+    """Reclaim every live spot attempt under ``state_dir`` at once; return their directories."""
+    preempted = []
+    for launch_file in sorted(Path(state_dir).glob(f"*/attempt-*/{LAUNCH_FILE}")):
+        if request_preemption(launch_file.parent):
+            preempted.append(launch_file.parent)
+    return preempted
 
 
 def _alive(pid: int) -> bool:

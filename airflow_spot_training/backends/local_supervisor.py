@@ -10,6 +10,10 @@
   with exit 0 before the hard kill: then ``succeeded``).
 * This supervisor gets SIGTERM (a stop request): the child gets SIGTERM, then
   SIGKILL after the notice window: ``stopped``.
+* A file named ``preempt-now`` appears in the attempt directory of a spot attempt
+  (fault injection, see :func:`airflow_spot_training.backends.local.request_preemption`):
+  treated exactly like a reclaim from the schedule, at once. On-demand attempts
+  ignore it: clouds do not reclaim on-demand capacity.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from airflow_spot_training.backends.base import FAILED, PREEMPTED, RUNNING, STOPPED, SUCCEEDED
+
+#: fault-injection hook: this file in a spot attempt's directory means "reclaimed now"
+PREEMPT_NOW_FILE = "preempt-now"
 
 
 def _write_status(attempt_dir: Path, status: dict[str, Any]) -> None:
@@ -68,6 +75,8 @@ def main(attempt_dir_arg: str) -> int:
     _write_status(attempt_dir, status)
 
     preempt_at = spec.get("preempt_at")
+    capacity = spec.get("capacity") or spec.get("env", {}).get("SPOT_TRAINING_CAPACITY")
+    preempt_now = attempt_dir / PREEMPT_NOW_FILE if capacity == "spot" else None
     notice = float(spec.get("notice_seconds", 5.0))
     noticed_at: float | None = None
     kind: str | None = None  # "preempted" or "stopped" once a notice is sent
@@ -79,7 +88,9 @@ def main(attempt_dir_arg: str) -> int:
         if kind is None and stop_requested:
             kind, noticed_at = STOPPED, now
             child.send_signal(signal.SIGTERM)
-        elif kind is None and preempt_at is not None and now >= preempt_at:
+        elif kind is None and (
+            (preempt_at is not None and now >= preempt_at) or (preempt_now is not None and preempt_now.exists())
+        ):
             kind, noticed_at = PREEMPTED, now
             child.send_signal(signal.SIGTERM)
             status.update(details={"notice_at": now})
