@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -21,6 +22,8 @@ import pytest
 from airflow_spot_training.backends.local import request_preemption
 from airflow_spot_training.core.contract import run_key
 from tests.e2e.airflow_cluster import TRIGGERERS, AirflowCluster
+
+FLEET_TASKS = 11  # per run of e2e_fleet (tests/e2e/dags/e2e_spot_training.py)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -91,10 +94,15 @@ def test_kill_9_a_triggerer_while_22_trainings_are_deferred(airflow_cluster: Air
     cluster, dag = airflow_cluster, "e2e_fleet"
     cluster.wait_for_dag(dag)
     runs = [cluster.trigger(dag), cluster.trigger(dag)]
-    cluster.wait_until(lambda: deferred(cluster, dag, runs) >= 22, 180, "22 deferred trainings")
+
+    def all_launched() -> bool:  # 20 or more deferred, and none still on its way to deferring
+        states = Counter(ti["state"] for r in runs for ti in cluster.task_instances(dag, r))
+        return states["deferred"] >= 20 and states["deferred"] + states["success"] == 2 * FLEET_TASKS
+
+    cluster.wait_until(all_launched, 240, "the 22 trainings to be launched and deferred")
     held = cluster.wait_until(
-        lambda: (h := cluster.triggers_by_triggerer()) and sum(h.get(t, 0) for t in TRIGGERERS) >= 22 and h,
-        60, "the triggerers to claim the 22 triggers")
+        lambda: (h := cluster.triggers_by_triggerer()) and None not in h and h, 60,
+        "the triggerers to claim every trigger")
     victim = max(TRIGGERERS, key=lambda t: held.get(t, 0))
     survivor = next(t for t in TRIGGERERS if t != victim)
     victim_triggers = {r[0] for r in cluster.sql("SELECT id FROM trigger WHERE triggerer_id = %s",
