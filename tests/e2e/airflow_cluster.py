@@ -179,7 +179,7 @@ class AirflowCluster:
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            "PYTHONPATH": os.pathsep.join([str(self.repo_root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(self.repo_root), env.get("PYTHONPATH")) if p),
             "PYTHONUNBUFFERED": "1",
             "NO_PROXY": "*",
             **extra_env,

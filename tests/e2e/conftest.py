@@ -39,6 +39,7 @@ def airflow_cluster(e2e_work_dir: Path):
             pytest.skip(f"{name} is not listening on 127.0.0.1:{port}; the distributed suite needs it")
     hold_dir = e2e_work_dir / "holds"
     hold_dir.mkdir()
-    with AirflowCluster(REPO_ROOT, e2e_work_dir, DAGS, extra_env={"SPOT_E2E_HOLD_DIR": str(hold_dir)}) as cluster:
+    hooks = {"SPOT_E2E_HOLD_DIR": str(hold_dir)}  # see LaunchThenHangBackend in dags/
+    with AirflowCluster(REPO_ROOT, e2e_work_dir, DAGS, extra_env=hooks) as cluster:
         cluster.hold_dir = hold_dir
         yield cluster

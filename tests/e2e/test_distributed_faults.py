@@ -73,6 +73,13 @@ def assert_one_process_per_attempt(cluster: AirflowCluster, ledger: dict) -> lis
     return sorted(recorded, key=lambda s: s["attempt"])
 
 
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def ledgers(cluster: AirflowCluster, dag_id: str, run_id: str) -> dict[str, dict]:
     return {ti["task_id"]: cluster.xcom(dag_id, run_id, ti["task_id"])
             for ti in cluster.task_instances(dag_id, run_id)}
@@ -150,7 +157,7 @@ def test_worker_killed_between_launch_and_defer(airflow_cluster: AirflowCluster)
     assert cluster.task_instance(dag, run_id, "train")["state"] == "running"
 
     cluster.kill_component("celery-worker", signal.SIGKILL)
-    assert not psutil.pid_exists(task_pid) or psutil.Process(task_pid).status() == psutil.STATUS_ZOMBIE
+    assert gone(task_pid) and not gone(launch["supervisor_pid"])  # the worker died, the training did not
     cluster.start_component("celery-worker")
 
     assert cluster.wait_for_run(dag, run_id, timeout=300) == "success"
@@ -257,9 +264,9 @@ def test_mark_deferred_task_failed_stops_its_training(airflow_cluster: AirflowCl
     key = run_key(dag, run_id, "train", -1)
     attempt = cluster.state_dir / key / "attempt-1"
     prefix = cluster.checkpoint_base / dag / run_id / "train"
+    assigned = "SELECT count(*) FROM trigger WHERE triggerer_id IS NOT NULL"
     cluster.wait_until(lambda: deferred(cluster, dag, [run_id]) == 1 and starts(prefix)
-                       and cluster.sql("SELECT count(*) FROM trigger WHERE triggerer_id IS NOT NULL")[0][0] >= 1,
-                       120, "a deferred, running training")
+                       and cluster.sql(assigned)[0][0] >= 1, 120, "a deferred, running training")
     training_pid = starts(prefix)[0]["pid"]
     supervisor_pid = json.loads((attempt / "launch.json").read_text())["supervisor_pid"]
     assert status(attempt)["state"] == "running"
@@ -267,7 +274,7 @@ def test_mark_deferred_task_failed_stops_its_training(airflow_cluster: AirflowCl
     cluster.mark_task_instance(dag, run_id, "train", "failed")
 
     cluster.wait_until(lambda: status(attempt).get("state") == "stopped", 60, "the attempt to be stopped")
-    gone = lambda pid: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # noqa: E731
-    cluster.wait_until(lambda: gone(training_pid) and gone(supervisor_pid), 30, "the training processes to exit")
+    cluster.wait_until(lambda: gone(training_pid) and gone(supervisor_pid), 30,
+                       "the training processes to exit")
     assert cluster.task_instance(dag, run_id, "train")["state"] == "failed"
     assert len(starts(prefix)) == 1 and attempt_dirs(cluster, key) == [attempt]

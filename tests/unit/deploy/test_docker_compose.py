@@ -67,7 +67,8 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
     if exe is None:
         pytest.skip("docker-compose is not installed (scripts/setup.sh installs Debian's package when run as "
                     "root); the structure test above still checks the file")
-    quiet = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, cwd=ROOT)
+    quiet = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True,
+                           cwd=ROOT)
     assert quiet.returncode == 0, quiet.stderr
     out = subprocess.run([exe, "-f", str(COMPOSE), "config"], capture_output=True, text=True, cwd=ROOT,
                          check=True)
