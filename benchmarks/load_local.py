@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--tasks-per-run", type=int, default=20)
-    p.add_argument("--steps", type=int, default=240, help="steps of each training")
+    p.add_argument("--steps", type=int, default=420,
+                   help="steps of each training (long enough for all 200 to run at once)")
     p.add_argument("--step-seconds", type=float, default=1.0)
     p.add_argument("--preemptions-per-hour", type=float, default=20.0, help="reclaim rate of a spot attempt")
     p.add_argument("--poll-interval", type=float, default=2.0)
@@ -121,6 +122,13 @@ def pg_counters(cluster: AirflowCluster) -> dict[str, int]:
     row = cluster.sql(f"SELECT {', '.join(PG_COUNTERS)} FROM pg_stat_database WHERE datname = %s",
                       [cluster.db_name])[0]
     return dict(zip(PG_COUNTERS, row))
+
+
+def table_reads(cluster: AirflowCluster) -> dict[str, tuple[int, int]]:
+    """Per table: rows read by sequential scans, rows fetched through indexes."""
+    rows = cluster.sql("SELECT relname, coalesce(seq_tup_read, 0), coalesce(idx_tup_fetch, 0) "
+                       "FROM pg_stat_user_tables")
+    return {name: (seq, idx) for name, seq, idx in rows}
 
 
 def check_ledger(cluster: AirflowCluster, run_id: str, task_id: str, ledger: dict, steps: int) -> list[str]:
@@ -197,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(args.idle_seconds)
         idle = {k: v - idle_before[k] for k, v in pg_counters(cluster).items()}
         idle_seconds = time.time() - idle_started
-        pg_before = pg_counters(cluster)
+        pg_before, tables_before = pg_counters(cluster), table_reads(cluster)
         started = time.time()
         sampler.start()
         runs = [cluster.trigger(DAG_ID, run_id=f"load-{i:03d}") for i in range(args.runs)]
@@ -220,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler.stop_event.set()
         sampler.join()
         sampler.sample()
-        pg_after = pg_counters(cluster)
+        pg_after, tables_after = pg_counters(cluster), table_reads(cluster)
 
         problems: list[str] = []
         preemptions = escalated = attempts = 0
@@ -236,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                 attempts += len(ledger["attempts"])
 
     pg = {k: pg_after[k] - pg_before[k] for k in PG_COUNTERS}
+    reads = {t: (seq - tables_before.get(t, (0, 0))[0], idx - tables_before.get(t, (0, 0))[1])
+             for t, (seq, idx) in tables_after.items()}
+    top_tables = sorted(reads.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))[:6]
     figures = {
         "trainings": total,
         "runs": args.runs,
@@ -255,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         "db_tuples_written_per_second": round((pg["tup_inserted"] + pg["tup_updated"] + pg["tup_deleted"]) / wall,
                                               1),
         "db_counters_delta": pg,
+        "db_rows_read_per_second_by_table": {t: {"seq_scan": round(seq / wall, 1), "index": round(idx / wall, 1)}
+                                             for t, (seq, idx) in top_tables},
         "db_idle_transactions_per_second": round((idle["xact_commit"] + idle["xact_rollback"]) / idle_seconds, 1),
         "db_idle_tuples_read_per_second": round((idle["tup_returned"] + idle["tup_fetched"]) / idle_seconds, 1),
         "settings": vars(args),
@@ -277,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{figures['db_tuples_written_per_second']} tuples written/s "
           f"(idle: {figures['db_idle_transactions_per_second']} transactions/s, "
           f"{figures['db_idle_tuples_read_per_second']} tuples read/s)")
+    for table, (seq, idx) in top_tables:
+        print(f"    {table:<28} {seq / wall:>10.1f} rows/s by sequential scan, {idx / wall:>8.1f} by index")
     for line in problems[:30]:
         print("PROBLEM: " + line)
     if args.json:

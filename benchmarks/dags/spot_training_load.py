@@ -18,7 +18,7 @@ from airflow_spot_training.backends.local import LocalBackend, random_preemption
 from airflow_spot_training.operators.spot_training import SpotTrainingOperator
 
 TASKS = int(os.environ.get("SPOT_BENCH_TASKS", "20"))
-STEPS = os.environ.get("SPOT_BENCH_STEPS", "240")
+STEPS = os.environ.get("SPOT_BENCH_STEPS", "420")
 STEP_SECONDS = os.environ.get("SPOT_BENCH_STEP_SECONDS", "1.0")
 PER_HOUR = float(os.environ.get("SPOT_BENCH_PREEMPTIONS_PER_HOUR", "20"))
 POLL = float(os.environ.get("SPOT_BENCH_POLL_INTERVAL", "2"))
