@@ -20,3 +20,16 @@ if [ ! -f "$STAMP" ]; then
   rm -f "$VENV"/.installed-*
   touch "$STAMP"
 fi
+
+# `docker-compose config` validates docker-compose.yaml in the tests (no Docker engine needed).
+# Debian's package is the reference; installed only when missing and we may (root, apt-get).
+# Without it, that one test is skipped and says why.
+if ! command -v docker-compose >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing Debian's docker-compose (to validate docker-compose.yaml)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) \
+      || echo "warning: could not install docker-compose; the compose validation test will be skipped" >&2
+  else
+    echo "note: docker-compose is not installed and this is not root; the compose validation test will be skipped" >&2
+  fi
+fi

@@ -1,15 +1,26 @@
-"""Fixtures for end-to-end tests that run real Airflow (`airflow dags test`, SQLite metadata DB)."""
+"""End-to-end fixtures.
+
+* ``local_airflow``: real Airflow 3.3 through ``airflow dags test`` on SQLite, for the
+  single-process loop (tests/e2e/test_local_dags.py, DAGs in tests/e2e/local_dags/).
+* ``airflow_cluster``: one distributed Airflow per session (scheduler, dag-processor, two
+  triggerers, Celery worker, api-server) against the PostgreSQL (127.0.0.1:5432, user
+  postgres, trust auth) and Redis (127.0.0.1:6379) the project's CI provides; its tests
+  are skipped, saying why, when either is not reachable. DAGs in tests/e2e/dags/.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.airflow_cluster import AirflowCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
@@ -91,7 +102,7 @@ def local_airflow(tmp_path_factory) -> LocalAirflow:
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).parent / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).parent / "local_dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__SPOT_TRAINING__CHECKPOINT_BASE_URI": str(workdir / "checkpoints"),
@@ -101,3 +112,34 @@ def local_airflow(tmp_path_factory) -> LocalAirflow:
     }
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
     return LocalAirflow(home=home, workdir=workdir, env=env)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DAGS = Path(__file__).resolve().parent / "dags"
+
+
+def _reachable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def e2e_work_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("airflow-cluster")
+
+
+@pytest.fixture(scope="session")
+def airflow_cluster(e2e_work_dir: Path):
+    """The compose topology as processes: scheduler, dag-processor, 2 triggerers, worker, api-server."""
+    for name, port in (("PostgreSQL", 5432), ("Redis", 6379)):
+        if not _reachable(port):
+            pytest.skip(f"{name} is not listening on 127.0.0.1:{port}; the distributed suite needs it")
+    hold_dir = e2e_work_dir / "holds"
+    hold_dir.mkdir()
+    hooks = {"SPOT_E2E_HOLD_DIR": str(hold_dir)}  # see LaunchThenHangBackend in dags/
+    with AirflowCluster(REPO_ROOT, e2e_work_dir, DAGS, extra_env=hooks) as cluster:
+        cluster.hold_dir = hold_dir
+        yield cluster
