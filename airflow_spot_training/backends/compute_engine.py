@@ -53,6 +53,7 @@ from airflow_spot_training.backends.base import (
     SpotCapacityUnavailable,
 )
 from airflow_spot_training.core.policy import Capacity
+from airflow_spot_training.runtime.results import read_json_record
 
 PREEMPTED_OPERATION = "compute.instances.preempted"
 CAPACITY_ERROR_CODES = frozenset({
@@ -511,13 +512,8 @@ class ComputeEngineSpotBackend(SpotBackend):
     def _read_result(self, uri: str | None) -> dict[str, Any] | None:
         if not uri:
             return None
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(uri, **self.storage_options())
         try:
-            return json.loads(fs.cat_file(path))
-        except FileNotFoundError:
-            return None
+            return read_json_record(uri, **self.storage_options())
         except ValueError:
             return {"exit_code": None, "unreadable": True}
 

@@ -68,6 +68,7 @@ from airflow_spot_training.backends.base import (
 from airflow_spot_training.backends.ec2_batching import coordinator_for
 from airflow_spot_training.bootstrap import render_ec2_user_data
 from airflow_spot_training.core.policy import Capacity
+from airflow_spot_training.runtime.results import read_json_record
 
 log = logging.getLogger(__name__)
 
@@ -560,16 +561,8 @@ class EC2SpotBackend(SpotBackend):
         return status
 
     def _read_result(self, handle: dict[str, Any]) -> dict[str, Any] | None:
-        import fsspec
-
         uri = handle.get("result_uri")
-        if not uri:
-            return None
-        fs, path = fsspec.core.url_to_fs(uri, **self.storage_options())
-        try:
-            return json.loads(fs.cat_file(path))
-        except FileNotFoundError:
-            return None
+        return read_json_record(uri, **self.storage_options()) if uri else None
 
     @staticmethod
     def _completed(status: AttemptStatus, result: dict[str, Any] | None) -> AttemptStatus:

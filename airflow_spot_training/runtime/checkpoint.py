@@ -259,16 +259,11 @@ class CheckpointManager:
         except FileNotFoundError:
             pass
 
-    # -- result records (written by bootstraps, read by backends) ----------------------
+    # -- result records (written by bootstraps; backends read them with
+    #    runtime.results.read_json_record) ----------------------------------------------
     def write_result(self, attempt: int, result: dict[str, Any]) -> None:
         self.fs.makedirs(self._path("_results"), exist_ok=True)
         self.fs.pipe_file(self._path(result_record_name(attempt)), json.dumps(result).encode())
-
-    def read_result(self, attempt: int) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.fs.cat_file(self._path(result_record_name(attempt))))
-        except FileNotFoundError:
-            return None
 
     def check_writable(self) -> None:
         """Write and delete a probe object; raise :class:`CheckpointError` naming the prefix."""

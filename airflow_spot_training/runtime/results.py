@@ -33,7 +33,15 @@ def write_metrics(metrics: dict[str, Any], contract: Contract | None = None, **s
 
 
 def read_metrics(checkpoint_uri: str, attempt: int, **storage_options: Any) -> dict[str, Any] | None:
-    fs, path = fsspec.core.url_to_fs(metrics_uri(checkpoint_uri, attempt), **storage_options)
+    return read_json_record(metrics_uri(checkpoint_uri, attempt), **storage_options)
+
+
+def read_json_record(uri: str, **storage_options: Any) -> dict[str, Any] | None:
+    """A JSON record (result or metrics) at ``uri``; ``None`` while it does not exist.
+
+    Raises ``ValueError`` when the record exists but is not JSON.
+    """
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
     try:
         return json.loads(fs.cat_file(path))
     except FileNotFoundError:
