@@ -69,7 +69,9 @@ class TestDescribeCoordinator:
         context = ClientContext(client)
 
         async def main() -> list[dict[str, Any] | None]:
-            coordinator = DescribeCoordinator(("k",), factory(context), interval=0.05)
+            # an interval long enough that every poller registers before the first tick,
+            # however loaded the machine (2,500 coroutines can take longer than 50 ms to start)
+            coordinator = DescribeCoordinator(("k",), factory(context), interval=1.0)
             return await asyncio.gather(*(coordinator.describe(i, caller=i) for i in ids(n)))
 
         results = asyncio.run(main())
