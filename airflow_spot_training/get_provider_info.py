@@ -16,10 +16,7 @@ def get_provider_info() -> dict[str, Any]:
         "versions": [__version__],
         "extra-links": [
             "airflow_spot_training.links.spot_training.CheckpointLink",
-            "airflow_spot_training.links.aws.EC2InstanceLink",
-            "airflow_spot_training.links.aws.SageMakerTrainingJobLink",
-            "airflow_spot_training.links.google_cloud.ComputeEngineInstanceLink",
-            "airflow_spot_training.links.google_cloud.VertexAICustomJobLink",
+            "airflow_spot_training.links.spot_training.AttemptPageLink",
         ],
         "config": {
             "spot_training": {
@@ -54,6 +51,27 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "float",
                         "example": None,
                         "default": "60",
+                    },
+                    "default_deferrable": {
+                        "description": "Whether spot-training tasks wait in the triggerer (no worker slot) unless "
+                        "a task sets deferrable= itself. Turn it off for a deployment without a triggerer.",
+                        "version_added": "0.2.0",
+                        "type": "boolean",
+                        "example": "false",
+                        "default": "True",
+                    },
+                    "deployment_id": {
+                        "description": "Identifies this Airflow deployment: salts run keys and attempt tokens and "
+                        "is the value of the spot-training:deployment tag / spot-training-deployment label on every "
+                        "instance, VM and job, so that two deployments sharing a cloud account never re-attach to "
+                        "or stop each other's attempts. Set it explicitly (e.g. the output of "
+                        "python -c 'import secrets; print(secrets.token_hex(6))') and use the same value in the "
+                        "IAM policy's conditions. When unset, one is generated on first use and kept in the "
+                        "Airflow Variable spot_training_deployment_id.",
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": "3f9c2a71b0de",
+                        "default": "",
                     },
                 },
             }

@@ -38,3 +38,49 @@ def poll_interval() -> float:
 
 def progress_log_interval() -> float:
     return float(_get("progress_log_interval", "60"))
+
+
+def default_deferrable() -> bool:
+    """Whether spot-training tasks wait in the triggerer unless a task says otherwise."""
+    return _get("default_deferrable", "true").strip().lower() in ("1", "true", "yes", "on")
+
+
+#: the Airflow Variable that holds a generated deployment id when the configuration has none
+DEPLOYMENT_VARIABLE = "spot_training_deployment_id"
+_deployment_id: str | None = None
+
+
+def deployment_id() -> str:
+    """This Airflow deployment's identifier: salts run keys, tokens and tags, and names the
+    ``spot-training:deployment`` tag the documented IAM policy is conditioned on.
+
+    ``[spot_training] deployment_id`` when set (set it explicitly in production, and use the
+    same value in the IAM policy). Otherwise one is generated on first use and kept in the
+    Airflow Variable ``spot_training_deployment_id``, so every worker of the deployment
+    derives the same one. Outside a task (no Variables reachable) it is empty.
+    """
+    global _deployment_id
+    configured = _get("deployment_id", "").strip()
+    if configured:
+        return configured
+    if _deployment_id is None:
+        _deployment_id = _variable_deployment_id()
+    return _deployment_id
+
+
+def _variable_deployment_id() -> str:
+    import logging
+    import secrets
+
+    try:
+        from airflow.sdk import Variable
+
+        value = Variable.get(DEPLOYMENT_VARIABLE, default=None)
+        if not value:
+            Variable.set(DEPLOYMENT_VARIABLE, secrets.token_hex(6))
+            value = Variable.get(DEPLOYMENT_VARIABLE)  # the one that won if workers raced
+        return str(value)
+    except Exception as e:  # no task runner: tests driving the operator in-process, or no API
+        logging.getLogger(__name__).warning(
+            "no [spot_training] deployment_id and no Airflow Variable reachable (%s); run keys are not salted", e)
+        return ""

@@ -30,12 +30,23 @@ def client_config(botocore_config: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def make_hook(aws_conn_id: str | None, region_name: str | None, client_type: str,
-              botocore_config: dict[str, Any] | None = None) -> Any:
-    """An ``AwsBaseHook`` for one service (imported lazily: DAG files parse without it)."""
+              botocore_config: dict[str, Any] | None = None, verify: bool | str | None = None) -> Any:
+    """An ``AwsBaseHook`` for one service (imported lazily: DAG files parse without it).
+
+    :param verify: SSL verification, as the Amazon provider's operators take it (``False``,
+        or the path of a CA bundle); ``None`` uses the connection's setting.
+    """
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
     return AwsBaseHook(aws_conn_id=aws_conn_id, region_name=region_name, client_type=client_type,
-                       config=client_config(botocore_config))
+                       config=client_config(botocore_config), verify=verify)
+
+
+def console_domain(partition: str | None) -> str:
+    """The AWS console's domain for a partition (``aws``, ``aws-cn``, ``aws-us-gov``)."""
+    from airflow.providers.amazon.aws.links.base_aws import BaseAwsLink
+
+    return BaseAwsLink.get_aws_domain(partition or "aws") or "aws.amazon.com"
 
 
 def error_code(error: Exception) -> str:
@@ -51,7 +62,7 @@ def error_message(error: Exception) -> str:
 
 #: (conn id, region) -> (options, monotonic time read): shared by every backend of the process,
 #: so a triggerer with a thousand EC2 triggers reads the connection once, not a thousand times
-_STORAGE_CACHE: dict[tuple[str | None, str | None], tuple[dict[str, Any], float]] = {}
+_STORAGE_CACHE: dict[tuple[Any, ...], tuple[dict[str, Any], float]] = {}
 _STORAGE_LOCK = threading.Lock()
 
 
@@ -65,14 +76,16 @@ class S3StorageOptions:
 
     :param aws_conn_id: the Airflow AWS connection.
     :param region_name: the region, when not the connection's.
+    :param verify: SSL verification (``False`` or a CA bundle path), as for the backend's clients.
     """
 
-    def __init__(self, aws_conn_id: str | None, region_name: str | None) -> None:
+    def __init__(self, aws_conn_id: str | None, region_name: str | None, verify: bool | str | None = None) -> None:
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
+        self.verify = verify
 
     def get(self) -> dict[str, Any]:
-        key = (self.aws_conn_id, self.region_name)
+        key = (self.aws_conn_id, self.region_name, self.verify)
         with _STORAGE_LOCK:
             cached = _STORAGE_CACHE.get(key)
             if cached is not None and time.monotonic() - cached[1] < STORAGE_OPTIONS_TTL:
@@ -82,7 +95,7 @@ class S3StorageOptions:
             return dict(options)
 
     def _read(self) -> dict[str, Any]:
-        hook = make_hook(self.aws_conn_id, self.region_name, "s3")
+        hook = make_hook(self.aws_conn_id, self.region_name, "s3", verify=self.verify)
         options: dict[str, Any] = {}
         credentials = hook.get_credentials()
         if credentials is not None and credentials.access_key:
@@ -95,6 +108,8 @@ class S3StorageOptions:
             client_kwargs["endpoint_url"] = endpoint
         if hook.region_name:
             client_kwargs["region_name"] = hook.region_name
+        if self.verify is not None:
+            client_kwargs["verify"] = self.verify
         if client_kwargs:
             options["client_kwargs"] = client_kwargs
         return options

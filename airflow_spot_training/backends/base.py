@@ -1,53 +1,94 @@
 """The backend interface: what launches an attempt, watches it, and stops it.
 
 One module per backend (``local``, ``ec2``, ``sagemaker``, ``compute_engine``,
-``vertex_ai``), each a :class:`SpotBackend` subclass. A backend is configuration
-only: it is built in the DAG file, validated at parse time, handed to the trigger
-as ``serialize()`` output, and rebuilt there. It keeps no per-run state of its own;
-everything about an attempt lives in the JSON-safe handle that ``launch`` returns.
+``vertex_ai``), each a :class:`SpotBackend` subclass. A backend is configuration only,
+**declared once** as a pydantic model: each argument is one annotated field with its
+type, default and documentation (:func:`argument`), plus validators for what a type
+cannot say. From that one declaration come the constructor (keyword arguments, checked
+when the DAG file is parsed), :meth:`SpotBackend.validate` (the same checks again, on
+rendered values), :meth:`SpotBackend.serialize` (JSON-safe kwargs for the trigger), the
+``:param:`` lines of the class docstring, and the convenience operators
+(:mod:`airflow_spot_training.operators.backend_operator`).
+
+A backend keeps no per-run state: everything about one attempt lives in its typed
+:class:`~airflow_spot_training.core.attempt.AttemptHandle` (``handle_type``).
 
 Who calls what:
 
-* the worker (sync): :meth:`validate`, :meth:`launch`, :meth:`describe`, :meth:`stop`;
+* the worker (sync): :meth:`launch`, :meth:`find`, :meth:`describe`, :meth:`stop`;
 * the triggerer (async, never blocking the event loop): :meth:`poll`, :meth:`astop`.
 
-Idempotency is the backend's duty: ``launch`` with the same ``request.token``
-must return the attempt already started under that token instead of starting a
-second one. That is what lets a retry after a worker crash re-attach.
+Duties every backend has, and the conformance suite checks (``tests/conformance``):
+
+* ``launch`` is idempotent on ``request.token``: a second call returns the attempt
+  already started under that token (that is how a retry after a worker crash re-attaches);
+* ``describe``/``poll`` only read: they never delete, cancel or terminate anything
+  (releasing an ended attempt's resources is :meth:`stop`'s job, which callers invoke);
+* no capacity (spot or on-demand, in every pool) raises :class:`CapacityUnavailable`;
+  quota and permission errors raise :class:`CloudActionRequired` naming what to raise or grant.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import difflib
 import importlib
+import re
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticUndefined
+
+from airflow_spot_training.core.attempt import (
+    AttemptHandle,
+    AttemptState,
+    AttemptStatus,
+    UnknownVersionError,
+    check_version,
+)
 from airflow_spot_training.core.contract import Contract
 from airflow_spot_training.core.policy import Capacity
 
-# Attempt states a backend reports.
-PENDING = "pending"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-PREEMPTED = "preempted"
-FAILED = "failed"
-CAPACITY_UNAVAILABLE = "capacity_unavailable"
-STOPPED = "stopped"
-FINAL_STATES = frozenset({SUCCEEDED, PREEMPTED, FAILED, CAPACITY_UNAVAILABLE, STOPPED})
+__all__ = [
+    "AttemptHandle", "AttemptLink", "AttemptState", "AttemptStatus", "BackendConfigError", "CapacityUnavailable",
+    "CloudActionRequired", "LaunchRequest", "SpotBackend", "SpotCapacityUnavailable", "argument",
+    "resolve_backend",
+]
+
+#: version of ``serialize()`` output; kwargs without a version are version 1 (same fields)
+CONFIG_VERSION = 2
+_TEMPLATE = re.compile(r"{{|{%")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class BackendConfigError(ValueError):
     """A backend was configured wrongly; the message names the argument and the fix."""
 
 
-class SpotCapacityUnavailable(RuntimeError):
-    """No spot capacity in any pool right now. The policy decides: wait or escalate."""
+class CapacityUnavailable(RuntimeError):
+    """No capacity of the requested kind in any pool right now.
 
-    def __init__(self, message: str, pools_tried: list[str] | None = None) -> None:
+    Every backend raises it for the same situation, spot or on-demand: the operator's
+    policy decides whether to wait, escalate, or (on-demand, after ``max_capacity_wait``)
+    fail naming the pools.
+
+    :param message: what was tried and what each pool answered.
+    :param capacity: the capacity asked for.
+    :param pools_tried: one line per pool.
+    """
+
+    def __init__(self, message: str, pools_tried: list[str] | None = None,
+                 capacity: Capacity = Capacity.SPOT) -> None:
         super().__init__(message)
-        self.pools_tried = pools_tried or []
+        self.pools_tried = list(pools_tried or [])
+        self.capacity = capacity
+
+
+#: the name this exception had first; kept so user code catching it keeps working
+SpotCapacityUnavailable = CapacityUnavailable
 
 
 class CloudActionRequired(RuntimeError):
@@ -61,7 +102,8 @@ class LaunchRequest:
     :param contract: the environment contract handed to the training.
     :param capacity: spot or on-demand.
     :param token: the attempt's idempotency token (stable for this attempt number).
-    :param labels: identifiers to tag cloud resources with (dag_id, run_id, task_id, map_index, attempt).
+    :param labels: identifiers to tag cloud resources with (dag_id, run_id, task_id,
+        map_index, attempt, run_key, deployment).
     """
 
     contract: Contract
@@ -74,124 +116,304 @@ class LaunchRequest:
         return self.contract.attempt
 
 
-@dataclass
-class AttemptStatus:
-    """What a backend says about an attempt.
+@dataclass(frozen=True)
+class AttemptLink:
+    """A page about one attempt (its console page, its logs), shown in the UI.
 
-    :param state: one of ``pending``, ``running``, ``succeeded``, ``preempted``,
-        ``failed``, ``capacity_unavailable``, ``stopped``.
-    :param reason: a cloud's own reason code or a sentence, for the ledger and the log.
-    :param preemptions: preemptions inside this attempt (a SageMaker job can be
-        interrupted and restarted by SageMaker several times; most backends report 0 or 1).
-    :param started_at: epoch seconds when the training started running, if known.
-    :param ended_at: epoch seconds when it ended, if it has.
-    :param details: backend-specific JSON-safe facts (exit code, billable seconds, pool, price).
+    :param label: what the page is, the same for every attempt (``EC2 instance``, ``Logs``).
+    :param url: the page.
     """
 
-    state: str
-    reason: str = ""
-    preemptions: int = 0
-    started_at: float | None = None
-    ended_at: float | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    label: str
+    url: str
 
-    @property
-    def is_final(self) -> bool:
-        return self.state in FINAL_STATES
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AttemptStatus:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.label, "url": self.url}
 
 
-class SpotBackend(ABC):
-    """Base class of every backend. Subclasses are plain configuration objects.
+def argument(default: Any = PydanticUndefined, doc: str = "", *, templated: bool = False,
+             example: Any = PydanticUndefined, **kwargs: Any) -> Any:
+    """Declare one backend argument: its default, its documentation, whether it is templated.
 
-    Subclasses set :attr:`kind`, implement the abstract methods, and return their
-    constructor arguments (JSON-safe) from :meth:`serialize_kwargs`.
+    ``templated=True`` arguments may hold Jinja (``"{{ ds }}"``) in the DAG file; they are
+    rendered per try like any operator field and validated once rendered. While the DAG
+    file is parsed, the rest of the configuration is checked with ``example`` (or the
+    default) standing in for a Jinja value, so a required templated argument needs an example.
     """
+    extra: dict[str, Any] | None = None
+    if templated:
+        if example is PydanticUndefined and default is PydanticUndefined:
+            raise TypeError("a required templated argument needs an example= value")
+        extra = {"templated": True, "example": default if example is PydanticUndefined else example}
+    return Field(default, description=doc, json_schema_extra=extra, **kwargs)
+
+
+def is_template(value: Any) -> bool:
+    """Whether ``value`` holds Jinja anywhere (strings inside lists and dicts too)."""
+    if isinstance(value, str):
+        return bool(_TEMPLATE.search(value))
+    if isinstance(value, Mapping):
+        return any(is_template(k) or is_template(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(is_template(v) for v in value)
+    return False
+
+
+class SpotBackend(BaseModel, ABC):
+    """Base class of every backend: a pydantic model of its arguments plus the interface.
+
+    Subclasses set :attr:`kind`, :attr:`handle_type` and :attr:`link_labels`, declare
+    their arguments as fields with :func:`argument`, and implement the abstract methods.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, arbitrary_types_allowed=False,
+                              use_attribute_docstrings=False, protected_namespaces=())
 
     kind: ClassVar[str] = "abstract"
+    #: the typed handle ``launch`` returns
+    handle_type: ClassVar[type[AttemptHandle]] = AttemptHandle
     #: seconds a launch typically costs before useful work starts (boot + restore);
-    #: the default for the operator's ``restart_overhead``.
+    #: the default for the operator's ``restart_overhead``
     default_restart_overhead: ClassVar[float] = 60.0
+    #: the labels of the pages :meth:`attempt_links` gives for each attempt (extra links)
+    link_labels: ClassVar[tuple[str, ...]] = ()
+    #: arguments that are Jinja-templated (derived from the fields marked ``templated``)
+    template_fields: ClassVar[tuple[str, ...]] = ()
+    #: URL schemes the checkpoint prefix may use; ``None``: any fsspec scheme or an absolute
+    #: local path. Backends whose training runs on other machines refuse plain local paths
+    #: (a ``file://`` URL says "a file system every machine mounts").
+    checkpoint_schemes: ClassVar[frozenset[str] | None] = None
+    #: the one argument that may also be given positionally (``LocalBackend([...])``), if any
+    positional_argument: ClassVar[str | None] = None
 
-    # -- configuration ---------------------------------------------------------------
-    @abstractmethod
-    def serialize_kwargs(self) -> dict[str, Any]:
-        """JSON-safe constructor arguments that rebuild this backend."""
+    def __init__(self, *args: Any, **data: Any) -> None:
+        cls = type(self)
+        if args:
+            if len(args) > 1 or cls.positional_argument is None or cls.positional_argument in data:
+                raise BackendConfigError(f"{cls.__name__} takes keyword arguments ({', '.join(cls.model_fields)}).")
+            data[cls.positional_argument] = args[0]
+        # a required argument given as None is a missing argument, and says so
+        data = {k: v for k, v in data.items() if not (v is None and k in cls.model_fields
+                                                       and cls.model_fields[k].is_required())}
+        templates = {name: data[name] for name in cls.template_fields if is_template(data.get(name))}
+        for name in templates:  # checked with its example now, and for real once rendered (validate())
+            data[name] = copy.deepcopy(cls.model_fields[name].json_schema_extra["example"])  # type: ignore[index]
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise BackendConfigError(describe_validation_error(cls, error)) from None
+        for name, value in templates.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls.template_fields = tuple(
+            name for name, info in cls.model_fields.items()
+            if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("templated")
+        )
+        cls.__doc__ = _with_param_lines(cls.__doc__ or "", cls)
+
+    # -- copies: clients and caches are never copied, pickled or serialized -------------------
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state["__pydantic_private__"] = self._fresh_private()
+        return state
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> SpotBackend:
+        clone = self.__class__.__new__(self.__class__)
+        object.__setattr__(clone, "__dict__", copy.deepcopy(self.__dict__, memo))
+        object.__setattr__(clone, "__pydantic_extra__", None)
+        object.__setattr__(clone, "__pydantic_fields_set__", set(self.__pydantic_fields_set__))
+        object.__setattr__(clone, "__pydantic_private__", self._fresh_private())
+        return clone
+
+    def _fresh_private(self) -> dict[str, Any] | None:
+        if self.__private_attributes__ is None or not self.__private_attributes__:
+            return None
+        return {name: attr.get_default() for name, attr in self.__private_attributes__.items()}
+
+    # -- configuration ---------------------------------------------------------------------
+    def validate(self) -> None:  # type: ignore[override]  # pydantic's classmethod of the same name is v1 API
+        """Check the (rendered) configuration again; raise :class:`BackendConfigError`."""
+        unrendered = [name for name in self.template_fields if is_template(getattr(self, name))]
+        if unrendered:
+            raise BackendConfigError(
+                f"{type(self).__name__}: {', '.join(unrendered)} still hold(s) Jinja; they are rendered when "
+                "the task runs (validated then)."
+            )
+        try:
+            type(self).model_validate(self.model_dump())
+        except ValidationError as error:
+            raise BackendConfigError(describe_validation_error(type(self), error)) from None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
+        """``(classpath, kwargs)``: JSON-safe arguments that rebuild this backend anywhere."""
         cls = type(self)
-        return f"{cls.__module__}.{cls.__qualname__}", self.serialize_kwargs()
+        return f"{cls.__module__}.{cls.__qualname__}", {"version": CONFIG_VERSION, **self.model_dump(mode="json")}
 
     @staticmethod
-    def deserialize(classpath: str, kwargs: dict[str, Any]) -> SpotBackend:
+    def deserialize(classpath: str, kwargs: Mapping[str, Any]) -> SpotBackend:
+        """Rebuild a backend from :meth:`serialize` output (version 1 kwargs, with no version, too)."""
         module_name, _, name = classpath.rpartition(".")
-        cls = getattr(importlib.import_module(module_name), name)
+        cls = getattr(importlib.import_module(module_name), name, None)
         if not (isinstance(cls, type) and issubclass(cls, SpotBackend)):
             raise BackendConfigError(f"{classpath} is not a SpotBackend")
-        return cls(**kwargs)
+        check_version(f"the serialized {name} configuration", kwargs, (1, CONFIG_VERSION))
+        return cls(**{k: v for k, v in kwargs.items() if k != "version"})
 
-    def validate(self) -> None:
-        """Check the configuration at DAG parse time; raise :class:`BackendConfigError`."""
+    def default_checkpoint_prefix(self, task_prefix: str) -> str:
+        """The prefix a task uses when the DAG gives none (``task_prefix`` is the task's own folder)."""
+        return task_prefix
 
-    def storage_options(self) -> dict[str, Any]:
+    def check_checkpoint_prefix(self, prefix: str) -> None:
+        """Refuse a checkpoint prefix this backend's training could not use; the message says why."""
+        scheme, sep, path = prefix.partition("://")
+        if not sep:
+            scheme, path = "", prefix
+        if scheme and not _known_scheme(scheme):
+            raise BackendConfigError(
+                f"checkpoint_prefix {prefix!r}: {scheme}:// is not a filesystem fsspec knows; use s3://, gs://, "
+                "file:// or another installed fsspec protocol."
+            )
+        parts = [part for part in path.split("/") if part]
+        if "." in parts or ".." in parts:
+            raise BackendConfigError(f"checkpoint_prefix {prefix!r} contains '.' or '..'; give a normalized path.")
+        if not scheme and not prefix.startswith("/"):
+            raise BackendConfigError(f"checkpoint_prefix {prefix!r} is a relative path; give an absolute path "
+                                     "or an fsspec URL (s3://bucket/path, gs://bucket/path).")
+        allowed = self.checkpoint_schemes
+        if allowed is not None and scheme not in allowed:
+            wanted = " or ".join(f"{s}://" for s in sorted(allowed))
+            shown = f"a {scheme}:// URL" if scheme else "a local path"
+            hint = "; file:// names a file system every machine mounts" if "file" in allowed else ""
+            raise BackendConfigError(
+                f"checkpoint_prefix {prefix!r} is {shown}, which {type(self).__name__}'s machines cannot reach: "
+                f"use {wanted}{hint}."
+            )
+
+    def load_handle(self, data: Mapping[str, Any] | AttemptHandle) -> AttemptHandle:
+        """This backend's typed handle, from its stored dict."""
+        return self.handle_type.from_dict(data)
+
+    def checkpoint_storage_options(self) -> dict[str, Any]:
         """fsspec options for reading the checkpoint prefix from the worker and triggerer."""
         return {}
 
-    # -- worker side (sync) ------------------------------------------------------------
-    @abstractmethod
-    def launch(self, request: LaunchRequest) -> dict[str, Any]:
-        """Start the attempt (idempotent on ``request.token``) and return its JSON-safe handle.
+    def bind_poll_interval(self, seconds: float) -> None:
+        """Called by the trigger with its poll interval (backends that batch polls use it)."""
 
-        Raise :class:`SpotCapacityUnavailable` when spot capacity cannot be had in any
+    # -- worker side (sync) ------------------------------------------------------------------
+    @abstractmethod
+    def launch(self, request: LaunchRequest) -> AttemptHandle:
+        """Start the attempt (idempotent on ``request.token``) and return its handle.
+
+        Raise :class:`CapacityUnavailable` when the requested capacity cannot be had in any
         pool, :class:`CloudActionRequired` for quota and permission errors.
         """
 
     @abstractmethod
-    def describe(self, handle: dict[str, Any]) -> AttemptStatus:
-        """The attempt's current status (sync; used before deferring and in blocking mode)."""
+    def describe(self, handle: AttemptHandle) -> AttemptStatus:
+        """The attempt's current status, read-only (worker: before deferring, blocking mode)."""
 
     @abstractmethod
-    def stop(self, handle: dict[str, Any]) -> None:
+    def stop(self, handle: AttemptHandle) -> None:
         """Stop the attempt and release its capacity. Safe to call on a finished attempt."""
 
-    def find(self, request: LaunchRequest) -> dict[str, Any] | None:
-        """The handle of an attempt already started for ``request.token``, if any.
-
-        Backends whose ``launch`` is idempotent by itself may keep the default.
-        """
+    def find(self, request: LaunchRequest) -> AttemptHandle | None:
+        """The handle of an attempt already started for ``request.token``, if any."""
         return None
 
-    def price_per_hour(self, handle: dict[str, Any], capacity: Capacity) -> float | None:
-        """The price of the capacity an attempt runs on, when the backend knows it."""
+    def price_per_hour(self, handle: AttemptHandle | None, capacity: Capacity) -> float | None:
+        """The price of the capacity an attempt runs on (or would run on), when known."""
         return None
 
-    def spot_available(self, handle: dict[str, Any]) -> bool | None:
+    def spot_available(self, handle: AttemptHandle) -> bool | None:
         """Whether a spot launch would likely succeed now; ``None`` when the backend cannot tell.
 
         Asked while the on-demand attempt ``handle`` runs, for policies that move back to spot.
         """
         return None
 
-    # -- triggerer side (async) --------------------------------------------------------
-    async def aspot_available(self, handle: dict[str, Any]) -> bool | None:
+    def attempt_links(self, handle: AttemptHandle) -> list[AttemptLink]:
+        """Pages about this attempt (console, logs), one per label of :attr:`link_labels`."""
+        return []
+
+    # -- triggerer side (async) --------------------------------------------------------------
+    async def aspot_available(self, handle: AttemptHandle) -> bool | None:
         return await asyncio.to_thread(self.spot_available, handle)
 
-    async def poll(self, handle: dict[str, Any]) -> AttemptStatus:
+    async def poll(self, handle: AttemptHandle) -> AttemptStatus:
         """The attempt's status, without blocking the event loop.
 
-        The default runs :meth:`describe` in a thread; backends with async clients
-        override it.
+        The default runs :meth:`describe` in a thread; backends with async clients override it.
         """
         return await asyncio.to_thread(self.describe, handle)
 
-    async def astop(self, handle: dict[str, Any]) -> None:
+    async def astop(self, handle: AttemptHandle) -> None:
         await asyncio.to_thread(self.stop, handle)
+
+
+# -- messages ------------------------------------------------------------------------------------
+def describe_validation_error(cls: type[SpotBackend], error: ValidationError) -> str:
+    """One message per bad argument, each naming the argument and how to fix it."""
+    return " ".join(_problem(cls, problem) for problem in error.errors())
+
+
+def _problem(cls: type[SpotBackend], problem: Mapping[str, Any]) -> str:
+    name = str(problem["loc"][0]) if problem.get("loc") else ""
+    info = cls.model_fields.get(name)
+    doc = (info.description or "").rstrip(".") if info is not None else ""
+    message = str(problem.get("msg", "")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    kind = problem.get("type")
+    if kind == "missing":
+        return f"{cls.__name__} needs {name}=...: {doc}."
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(name, list(cls.model_fields), n=1)
+        hint = f" Did you mean {close[0]}=?" if close else ""
+        return (f"{cls.__name__} has no argument {name}=.{hint} Its arguments are: "
+                f"{', '.join(cls.model_fields)}.")
+    if not name:
+        return f"{cls.__name__}: {message}"
+    shown = _shown(problem.get("input"))
+    if kind == "value_error":  # our own validators: the message already says the fix
+        return f"{cls.__name__}: {name}={shown} is invalid: {message}"
+    location = "".join(f"[{part!r}]" for part in problem["loc"][1:])
+    return f"{cls.__name__}: {name}{location}={shown} is invalid ({message}). {name}: {doc}."
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _with_param_lines(doc: str, cls: type[SpotBackend]) -> str:
+    """The class docstring with a ``:param name:`` line for every argument it does not document."""
+    lines = [doc.rstrip()]
+    for name, info in cls.model_fields.items():
+        if f":param {name}:" not in doc and info.description:
+            suffix = " (templated)" if name in cls.template_fields else ""
+            lines.append(f"    :param {name}: {info.description}{suffix}")
+    return "\n".join(lines) + "\n"
+
+
+def _known_scheme(scheme: str) -> bool:
+    import fsspec
+    from fsspec.registry import known_implementations
+
+    return scheme in known_implementations or scheme in fsspec.available_protocols()
+
+
+# -- shared validators -------------------------------------------------------------------------
+def check_env_names(env: Mapping[str, Any], argument_name: str = "env") -> Mapping[str, Any]:
+    """Environment variable names must be shell identifiers (they end up in scripts)."""
+    bad = [name for name in env if not isinstance(name, str) or not ENV_NAME.match(name)]
+    if bad:
+        raise ValueError(
+            f"{bad!r} are not environment variable names; {argument_name} keys must match "
+            "[A-Za-z_][A-Za-z0-9_]* (letters, digits, underscores; not starting with a digit)."
+        )
+    return env
 
 
 def resolve_backend(value: Any) -> SpotBackend:
@@ -208,3 +430,7 @@ def resolve_backend(value: Any) -> SpotBackend:
         f"backend={value!r} is not a backend. Pass a backend object such as "
         f"LocalBackend(command=[...]) or one of the names: {known}."
     )
+
+
+__all__ += ["CONFIG_VERSION", "UnknownVersionError", "check_env_names", "describe_validation_error",
+            "is_template"]

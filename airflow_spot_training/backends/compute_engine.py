@@ -31,29 +31,34 @@ through :meth:`describe` in a thread (the base class's :meth:`poll`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
 import time
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from pydantic import PositiveFloat, field_validator, model_validator
+
 from airflow_spot_training.backends import google_cloud as gc
 from airflow_spot_training.backends.base import (
-    FAILED,
-    PENDING,
-    PREEMPTED,
-    RUNNING,
-    SUCCEEDED,
+    AttemptHandle,
+    AttemptLink,
+    AttemptState,
     AttemptStatus,
-    BackendConfigError,
+    CapacityUnavailable,
     CloudActionRequired,
     LaunchRequest,
     SpotBackend,
-    SpotCapacityUnavailable,
+    argument,
+    check_env_names,
 )
+from airflow_spot_training.core.contract import secret_refs_env
+from airflow_spot_training.core.epoch import epoch_seconds
 from airflow_spot_training.core.policy import Capacity
-from airflow_spot_training.runtime.results import read_json_record
+from airflow_spot_training.runtime.results import MalformedRecord, read_json_record
 
 PREEMPTED_OPERATION = "compute.instances.preempted"
 CAPACITY_ERROR_CODES = frozenset({
@@ -65,6 +70,7 @@ NAME_PREFIX = "spot"
 DEFAULT_IMAGE = "projects/debian-cloud/global/images/family/debian-12"
 STARTUP_SCRIPT = "gce_startup_script.sh"
 ZONE_RE = re.compile(r"^[a-z]+-[a-z]+\d+-[a-z]$")
+SERVICE_ACCOUNT_RE = re.compile(r"^[^@\s]+@[^@\s]+\.iam\.gserviceaccount\.com$|^\d+-compute@developer\.gserviceaccount\.com$")
 #: fields of an Instance the API may name in an error, and the argument that sets each
 FIELD_TO_ARGUMENT = {
     "machineType": "machine_type",
@@ -83,6 +89,9 @@ FIELD_TO_ARGUMENT = {
 }
 _PENDING_STATUSES = {"PROVISIONING", "STAGING"}
 _RUNNING_STATUSES = {"RUNNING"}
+INSTANCE_CONSOLE = gc.CONSOLE + "/compute/instancesDetail/zones/{zone}/instances/{name}?project={project}"
+LOGS_CONSOLE = (gc.CONSOLE + "/logs/query;query=resource.type%3D%22gce_instance%22%0Alabels.%22compute.googleapis"
+                ".com%2Fresource_name%22%3D%22{name}%22?project={project}")
 
 
 def startup_script_template() -> str:
@@ -90,171 +99,123 @@ def startup_script_template() -> str:
     return (resources.files("airflow_spot_training") / "bootstrap" / STARTUP_SCRIPT).read_text()
 
 
-class ComputeEngineSpotBackend(SpotBackend):
-    """Run each attempt on its own Compute Engine VM: spot first, standard after escalation.
+@dataclass(frozen=True, kw_only=True)
+class ComputeEngineHandle(AttemptHandle):
+    """One Compute Engine VM running one attempt."""
 
-    :param zones: the zone ladder, tried in order for every launch, e.g.
-        ``["us-central1-a", "us-central1-b"]``.
-    :param machine_type: the machine type, e.g. ``"n1-standard-8"``.
-    :param command: the training command run on the VM (a shell string or an argument list).
-    :param project_id: the project; default: the project of the connection.
-    :param image: the boot image (a family or image URL).
-    :param boot_disk_size_gb: size of the boot disk.
-    :param accelerator_type: GPU type, e.g. ``"nvidia-tesla-t4"``; ``None`` for none.
-    :param accelerator_count: how many GPUs.
-    :param network: the VPC network (default ``global/networks/default``).
-    :param subnetwork: the subnetwork, when the network has custom subnets.
-    :param external_ip: give the VM an ephemeral external IP (needed without Cloud NAT).
-    :param service_account: the VM's service account e-mail (``"default"``: the
-        Compute Engine default service account).
-    :param env: extra environment variables for the training (the contract is added).
-    :param labels: extra labels for the VM.
-    :param extra_metadata: extra instance metadata items.
-    :param startup_script: replaces the packaged startup script; it must honour the same contract.
-    :param operation_timeout: seconds launch waits for an insert operation in each zone.
-    :param gcp_conn_id: the Airflow connection with the credentials.
-    :param impersonation_chain: a service account to impersonate (or a chain), as in the
-        Google provider's operators.
-    :param emulator_host: base URL of an emulator of the Compute Engine API
-        (``http://127.0.0.1:PORT``); no credentials are used. For tests.
-    :param storage_options: gcsfs options for reading the checkpoint prefix and result
-        records (default: Application Default Credentials).
-    :param spot_price_per_hour: price of the machine on spot, for cost estimates.
-    :param on_demand_price_per_hour: price of the machine on demand, for cost and savings.
-    """
+    project: str
+    zone: str | None
+    name: str
+    result_uri: str = ""
+    zones_tried: list[str] = dataclasses.field(default_factory=list)
+
+
+class ComputeEngineSpotBackend(SpotBackend):
+    """Run each attempt on its own Compute Engine VM: spot first, standard after escalation."""
 
     kind = "compute_engine"
+    handle_type = ComputeEngineHandle
     default_restart_overhead = 120.0
+    link_labels = ("Compute Engine VM", "Logs")
+    checkpoint_schemes = frozenset({"gs", "s3", "file"})
 
-    def __init__(
-        self,
-        *,
-        zones: list[str] | None = None,
-        machine_type: str | None = None,
-        command: str | list[str] | None = None,
-        project_id: str | None = None,
-        image: str = DEFAULT_IMAGE,
-        boot_disk_size_gb: int = 50,
-        accelerator_type: str | None = None,
-        accelerator_count: int = 0,
-        network: str | None = None,
-        subnetwork: str | None = None,
-        external_ip: bool = True,
-        service_account: str | None = "default",
-        env: dict[str, str] | None = None,
-        labels: dict[str, str] | None = None,
-        extra_metadata: dict[str, str] | None = None,
-        startup_script: str | None = None,
-        operation_timeout: float = 120.0,
-        gcp_conn_id: str = gc.DEFAULT_CONN_ID,
-        impersonation_chain: str | list[str] | None = None,
-        emulator_host: str | None = None,
-        storage_options: dict[str, Any] | None = None,
-        spot_price_per_hour: float | None = None,
-        on_demand_price_per_hour: float | None = None,
-    ) -> None:
-        self.zones = list(zones) if zones is not None else []
-        self.machine_type = machine_type
-        self.command = command if isinstance(command, str) or command is None else list(command)
-        self.project_id = project_id
-        self.image = image
-        self.boot_disk_size_gb = boot_disk_size_gb
-        self.accelerator_type = accelerator_type
-        self.accelerator_count = accelerator_count
-        self.network = network
-        self.subnetwork = subnetwork
-        self.external_ip = external_ip
-        self.service_account = service_account
-        self.env = dict(env or {})
-        self.labels = dict(labels or {})
-        self.extra_metadata = dict(extra_metadata or {})
-        self.startup_script = startup_script
-        self.operation_timeout = operation_timeout
-        self.gcp_conn_id = gcp_conn_id
-        self.impersonation_chain = impersonation_chain
-        self.emulator_host = emulator_host
-        self._storage_options = storage_options
-        self.spot_price_per_hour = spot_price_per_hour
-        self.on_demand_price_per_hour = on_demand_price_per_hour
-        self._clients: tuple[Any, Any, str] | None = None
-        self.validate()
+    zones: list[str] = argument(
+        doc="the zone ladder, tried in order for every launch, e.g. ['us-central1-a', 'us-central1-b']")
+    machine_type: str = argument(doc="the machine type, e.g. 'n1-standard-8'", templated=True, example="e2-small")
+    command: str | list[str] = argument(
+        doc="the training command run on the VM (a shell string or an argument list), e.g. "
+            "['python3', '/opt/train.py']", templated=True, example="true")
+    service_account: str = argument(
+        doc="the e-mail of the service account the VM runs as, e.g. 'trainer@my-project.iam.gserviceaccount.com' "
+            "(it needs storage.objects.create on the checkpoint bucket and compute.instances.delete on itself)")
+    project_id: str | None = argument(None, "the project; default: the project of the connection")
+    image: str = argument(DEFAULT_IMAGE, "the boot image (a family or image URL)", templated=True)
+    boot_disk_size_gb: int = argument(50, "size of the boot disk, GiB (10 or more)", ge=10)
+    accelerator_type: str | None = argument(None, "GPU type, e.g. 'nvidia-tesla-t4'; None for none")
+    accelerator_count: int = argument(0, "how many GPUs", ge=0)
+    network: str | None = argument(None, "the VPC network (default global/networks/default)")
+    subnetwork: str | None = argument(None, "the subnetwork, when the network has custom subnets")
+    external_ip: bool = argument(True, "give the VM an ephemeral external IP (needed without Cloud NAT)")
+    env: dict[str, str] = argument(
+        {}, "extra environment variables for the training (the contract is added); visible in the VM's "
+            "metadata, so pass secrets through secrets=", templated=True)
+    secrets: dict[str, str] = argument(
+        {}, "environment variables resolved on the VM from Secret Manager: "
+            "{'HF_TOKEN': 'projects/my-project/secrets/hf-token/versions/latest'}")
+    labels: dict[str, str] = argument({}, "extra labels for the VM")
+    extra_metadata: dict[str, str] = argument({}, "extra instance metadata items")
+    startup_script: str | None = argument(
+        None, "replaces the packaged startup script; it must honour the same contract")
+    operation_timeout: float = argument(120.0, "seconds launch waits for an insert operation in each zone", gt=0)
+    gcp_conn_id: str = argument(gc.DEFAULT_CONN_ID, "the Airflow connection with the credentials", min_length=1)
+    impersonation_chain: str | list[str] | None = argument(
+        None, "a service account to impersonate (or a chain), as in the Google provider's operators")
+    emulator_host: str | None = argument(
+        None, "base URL of an emulator of the Compute Engine API (http://127.0.0.1:PORT); no credentials "
+              "are used. For tests")
+    storage_options: dict[str, Any] | None = argument(
+        None, "gcsfs options for reading the checkpoint prefix and result records (default: Application "
+              "Default Credentials)")
+    spot_price_per_hour: PositiveFloat | None = argument(None, "price of the machine on spot, for cost estimates")
+    on_demand_price_per_hour: PositiveFloat | None = argument(
+        None, "price of the machine on demand, for cost and savings")
 
-    def __getstate__(self) -> dict[str, Any]:
-        # clients hold sessions and credentials: never copy or pickle them with the DAG
-        return {**self.__dict__, "_clients": None}
+    _clients: Any = None
 
-    # -- configuration -------------------------------------------------------------------
-    def serialize_kwargs(self) -> dict[str, Any]:
-        return {
-            "zones": self.zones,
-            "machine_type": self.machine_type,
-            "command": self.command,
-            "project_id": self.project_id,
-            "image": self.image,
-            "boot_disk_size_gb": self.boot_disk_size_gb,
-            "accelerator_type": self.accelerator_type,
-            "accelerator_count": self.accelerator_count,
-            "network": self.network,
-            "subnetwork": self.subnetwork,
-            "external_ip": self.external_ip,
-            "service_account": self.service_account,
-            "env": self.env,
-            "labels": self.labels,
-            "extra_metadata": self.extra_metadata,
-            "startup_script": self.startup_script,
-            "operation_timeout": self.operation_timeout,
-            "gcp_conn_id": self.gcp_conn_id,
-            "impersonation_chain": self.impersonation_chain,
-            "emulator_host": self.emulator_host,
-            "storage_options": self._storage_options,
-            "spot_price_per_hour": self.spot_price_per_hour,
-            "on_demand_price_per_hour": self.on_demand_price_per_hour,
-        }
-
-    def validate(self) -> None:
-        if not self.zones or not all(isinstance(z, str) for z in self.zones):
-            raise BackendConfigError(
-                "ComputeEngineSpotBackend needs zones=[...]: the zones to try in order, e.g. "
-                "['us-central1-a', 'us-central1-b', 'us-central1-f']."
-            )
-        bad = [z for z in self.zones if not ZONE_RE.match(z)]
+    @field_validator("zones")
+    @classmethod
+    def _zones(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("give the zones to try in order, e.g. ['us-central1-a', 'us-central1-b'].")
+        bad = [z for z in value if not ZONE_RE.match(z)]
         if bad:
-            raise BackendConfigError(f"zones: {bad} are not zone names; give zones such as 'us-central1-a'.")
-        if len(set(self.zones)) != len(self.zones):
-            raise BackendConfigError(f"zones={self.zones} lists a zone twice; give each zone once.")
-        if not isinstance(self.machine_type, str) or not self.machine_type:
-            raise BackendConfigError(
-                "ComputeEngineSpotBackend needs machine_type='...', e.g. 'n1-standard-8'.")
-        command_ok = isinstance(self.command, str) or (
-            isinstance(self.command, list) and all(isinstance(a, str) for a in self.command))
-        if not self.command or not command_ok:
-            raise BackendConfigError(
-                "ComputeEngineSpotBackend needs command=...: the training command the VM runs, "
-                "a shell string or a list of strings, e.g. ['python3', '/opt/train.py']."
-            )
-        if not isinstance(self.accelerator_count, int) or self.accelerator_count < 0:
-            raise BackendConfigError(
-                f"accelerator_count={self.accelerator_count!r} must be 0 or a positive integer.")
+            raise ValueError(f"{bad} are not zone names; give zones such as 'us-central1-a'.")
+        if len(set(value)) != len(value):
+            raise ValueError("it lists a zone twice; give each zone once.")
+        return value
+
+    @field_validator("machine_type")
+    @classmethod
+    def _machine(cls, value: str) -> str:
+        if not value:
+            raise ValueError("give the machine type, e.g. 'n1-standard-8'.")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str | list[str]) -> str | list[str]:
+        if not value:
+            raise ValueError("give the training command the VM runs, a shell string or a list of strings, "
+                             "e.g. ['python3', '/opt/train.py'].")
+        return value
+
+    @field_validator("service_account")
+    @classmethod
+    def _service_account(cls, value: str) -> str:
+        if not SERVICE_ACCOUNT_RE.match(value):
+            raise ValueError(
+                "give the e-mail of a dedicated service account (name@project.iam.gserviceaccount.com); the "
+                "Compute Engine default account ('default') holds the project-wide Editor role, too much for a "
+                "training VM.")
+        return value
+
+    @field_validator("env", "secrets")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return dict(check_env_names(value))
+
+    @model_validator(mode="after")
+    def _accelerators_and_common(self) -> ComputeEngineSpotBackend:
         if self.accelerator_count and not self.accelerator_type:
-            raise BackendConfigError("accelerator_count is set but accelerator_type is not; give "
-                                     "accelerator_type='nvidia-tesla-t4' (for example).")
-        if not isinstance(self.boot_disk_size_gb, int) or self.boot_disk_size_gb < 10:
-            raise BackendConfigError(
-                f"boot_disk_size_gb={self.boot_disk_size_gb!r} must be an integer of 10 or more.")
-        if not isinstance(self.operation_timeout, (int, float)) or self.operation_timeout <= 0:
-            raise BackendConfigError(
-                f"operation_timeout={self.operation_timeout!r} must be a positive number of seconds.")
-        mappings = (("env", self.env), ("labels", self.labels), ("extra_metadata", self.extra_metadata))
-        for name, value in mappings:
-            if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-                raise BackendConfigError(f"{name} must map strings to strings.")
-        gc.validate_common(project_id=self.project_id, gcp_conn_id=self.gcp_conn_id,
-                           emulator_host=self.emulator_host, storage_options=self._storage_options)
+            raise ValueError("accelerator_count is set but accelerator_type is not; give "
+                             "accelerator_type='nvidia-tesla-t4' (for example).")
+        gc.validate_common(project_id=self.project_id, emulator_host=self.emulator_host)
+        return self
 
-    def storage_options(self) -> dict[str, Any]:
-        return dict(self._storage_options or {})
+    def checkpoint_storage_options(self) -> dict[str, Any]:
+        return dict(self.storage_options or {})
 
-    def price_per_hour(self, handle: dict[str, Any], capacity: Capacity) -> float | None:
+    def price_per_hour(self, handle: AttemptHandle | None, capacity: Capacity) -> float | None:
         return self.spot_price_per_hour if capacity is Capacity.SPOT else self.on_demand_price_per_hour
 
     # -- clients -------------------------------------------------------------------------
@@ -290,7 +251,7 @@ class ComputeEngineSpotBackend(SpotBackend):
         if spot:
             scheduling.instance_termination_action = "DELETE"
         command = self.command if isinstance(self.command, str) else shlex.join(self.command or [])
-        env = {**self.env, **request.contract.to_env()}
+        env = {**self.env, **request.contract.to_env(), **secret_refs_env(self.secrets)}
         metadata = {
             **self.extra_metadata,
             "startup-script": self.startup_script or startup_script_template(),
@@ -317,10 +278,8 @@ class ComputeEngineSpotBackend(SpotBackend):
             )],
             network_interfaces=[interface],
         )
-        if self.service_account:
-            email = "default" if self.service_account == "default" else self.service_account
-            instance.service_accounts = [compute_v1.ServiceAccount(
-                email=email, scopes=["https://www.googleapis.com/auth/cloud-platform"])]
+        instance.service_accounts = [compute_v1.ServiceAccount(
+            email=self.service_account, scopes=["https://www.googleapis.com/auth/cloud-platform"])]
         if self.accelerator_type and self.accelerator_count:
             instance.guest_accelerators = [compute_v1.AcceleratorConfig(
                 accelerator_type=f"zones/{zone}/acceleratorTypes/{self.accelerator_type}",
@@ -328,23 +287,29 @@ class ComputeEngineSpotBackend(SpotBackend):
         return instance
 
     def _handle(self, request: LaunchRequest, project: str, zone: str | None,
-                tried: list[str]) -> dict[str, Any]:
-        return {
-            "backend": self.kind,
-            "project": project,
-            "zone": zone,
-            "name": gc.attempt_name(NAME_PREFIX, request),
-            "token": request.token,
-            "attempt": request.attempt,
-            "capacity": request.capacity.value,
-            "pool": zone,
-            "result_uri": request.contract.result_uri,
-            "launched_at": time.time(),
-            "zones_tried": tried,
-        }
+                tried: list[str]) -> ComputeEngineHandle:
+        return ComputeEngineHandle(
+            backend=self.kind, token=request.token, attempt=request.attempt, capacity=request.capacity.value,
+            launched_at=time.time(), pool=zone, project=project, zone=zone,
+            name=gc.attempt_name(NAME_PREFIX, request), result_uri=request.contract.result_uri,
+            zones_tried=list(tried),
+        )
+
+    def _typed(self, handle: AttemptHandle) -> ComputeEngineHandle:
+        vm = self.load_handle(handle)
+        assert isinstance(vm, ComputeEngineHandle)
+        return vm
+
+    def attempt_links(self, handle: AttemptHandle) -> list[AttemptLink]:
+        vm = self._typed(handle)
+        links = [AttemptLink("Logs", LOGS_CONSOLE.format(name=vm.name, project=vm.project))]
+        if vm.zone:
+            links.insert(0, AttemptLink("Compute Engine VM", INSTANCE_CONSOLE.format(
+                zone=vm.zone, name=vm.name, project=vm.project)))
+        return links
 
     # -- worker side ---------------------------------------------------------------------
-    def launch(self, request: LaunchRequest) -> dict[str, Any]:
+    def launch(self, request: LaunchRequest) -> ComputeEngineHandle:
         existing = self.find(request)
         if existing is not None:
             return existing
@@ -358,7 +323,7 @@ class ComputeEngineSpotBackend(SpotBackend):
                 request_id=gc.request_id(request.token, zone),
             )
             try:
-                operation = instances.insert_unary(request=insert)
+                operation = instances.insert_unary(request=insert, retry=gc.rate_limit_retry())
             except Exception as e:
                 if _is_already_exists(e):
                     return self._existing(request, project, zone, tried)
@@ -369,15 +334,15 @@ class ComputeEngineSpotBackend(SpotBackend):
             if not codes:
                 return self._handle(request, project, zone, tried)
             if set(codes) & CAPACITY_ERROR_CODES:
-                tried.append(zone)
+                tried.append(f"{self.machine_type}@{zone}: ZONE_RESOURCE_POOL_EXHAUSTED")
                 continue
             raise self._operation_error(operation, project, zone)
         what = "spot" if request.capacity is Capacity.SPOT else "on-demand"
-        raise SpotCapacityUnavailable(
-            f"no {what} capacity for {self.machine_type} in zones {', '.join(tried)} "
-            "(ZONE_RESOURCE_POOL_EXHAUSTED)", pools_tried=tried)
+        raise CapacityUnavailable(
+            f"no {what} capacity for {self.machine_type} in any of {len(self.zones)} zone(s): {'; '.join(tried)}. "
+            "More zones in zones=[...] widen the search.", pools_tried=tried, capacity=request.capacity)
 
-    def _existing(self, request: LaunchRequest, project: str, zone: str, tried: list[str]) -> dict[str, Any]:
+    def _existing(self, request: LaunchRequest, project: str, zone: str, tried: list[str]) -> ComputeEngineHandle:
         """The insert hit a VM of the same name: ours (same token label) is re-attached, any other refused."""
         instances, _, _ = self._connect()
         name = gc.attempt_name(NAME_PREFIX, request)
@@ -387,7 +352,7 @@ class ComputeEngineSpotBackend(SpotBackend):
         raise CloudActionRequired(
             f"a VM named {name} already exists in {zone} but was not started for attempt token "
             f"{request.token}: another deployment shares this project and dag/run/task ids. Delete that VM, "
-            "or use another project_id.")
+            "or set a distinct [spot_training] deployment_id in each deployment.")
 
     def _wait(self, operations: Any, project: str, zone: str, operation: Any) -> Any:
         from google.cloud import compute_v1
@@ -399,7 +364,8 @@ class ComputeEngineSpotBackend(SpotBackend):
                     f"the insert operation {operation.name} in {zone} did not finish within "
                     f"operation_timeout={self.operation_timeout:g} s; raise operation_timeout or check the "
                     "Compute Engine status page.")
-            operation = operations.wait(project=project, zone=zone, operation=operation.name)
+            operation = operations.wait(project=project, zone=zone, operation=operation.name,
+                                        retry=gc.rate_limit_retry())
         return operation
 
     def _operation_error(self, operation: Any, project: str, zone: str) -> CloudActionRequired:
@@ -425,14 +391,14 @@ class ComputeEngineSpotBackend(SpotBackend):
         return gc.translate_http_error(e, service="Compute Engine", action=action, project=project,
                                        field_to_argument=FIELD_TO_ARGUMENT)
 
-    def find(self, request: LaunchRequest) -> dict[str, Any] | None:
+    def find(self, request: LaunchRequest) -> ComputeEngineHandle | None:
         instances, _, project = self._connect()
         name = gc.attempt_name(NAME_PREFIX, request)
         for zone in self.zones:
             inst = self._get(instances, project, zone, name)
             if inst is not None and inst.labels.get("spot-training-token") == gc.label_value(request.token):
                 return self._handle(request, project, zone, [])
-        result = self._read_result(request.contract.result_uri)
+        result = self._read_result(request.contract.result_uri, request.token)
         if result is not None:  # it ran and deleted itself while no one watched
             return self._handle(request, project, result.get("zone"), [])
         return None
@@ -441,113 +407,92 @@ class ComputeEngineSpotBackend(SpotBackend):
         from google.api_core import exceptions as gexc
 
         try:
-            return instances.get(project=project, zone=zone, instance=name)
+            return instances.get(project=project, zone=zone, instance=name, retry=gc.rate_limit_retry())
         except gexc.NotFound:
             return None
         except Exception as e:
             raise self._translate(e, f"reading VM {name} in {zone}", project) from e
 
-    def describe(self, handle: dict[str, Any]) -> AttemptStatus:
+    def describe(self, handle: AttemptHandle) -> AttemptStatus:
+        """The VM's attempt status; read-only (releasing an ended VM is :meth:`stop`'s job)."""
+        vm = self._typed(handle)
         instances, operations, project = self._connect()
-        result = self._read_result(handle["result_uri"])
+        result = self._read_result(vm.result_uri, vm.token)
+        common: dict[str, Any] = {"started_at": vm.launched_at, "details": self._details(vm, result)}
         if result is not None and result.get("exit_code") == 0:
-            self._delete_if_present(handle)
-            return AttemptStatus(state=SUCCEEDED, reason="the training exited with code 0",
-                                 started_at=handle.get("launched_at"), ended_at=result.get("finished_at"),
-                                 details=self._details(handle, result))
-        zone, name = handle.get("zone"), handle["name"]
-        inst = self._get(instances, project, zone, name) if zone else None
+            return AttemptStatus(state=AttemptState.SUCCEEDED, reason="the training exited with code 0",
+                                 ended_at=epoch_seconds(result.get("finished_at")), **common)
+        inst = self._get(instances, project, vm.zone, vm.name) if vm.zone else None
         status = inst.status if inst is not None else "GONE"
         if status in _PENDING_STATUSES:
-            return AttemptStatus(state=PENDING, reason=f"VM {name} is {status}",
-                                 started_at=handle.get("launched_at"))
+            return AttemptStatus(state=AttemptState.PENDING, reason=f"VM {vm.name} is {status}", **common)
         if status in _RUNNING_STATUSES:
-            return AttemptStatus(state=RUNNING, reason=f"VM {name} is RUNNING in {zone}",
-                                 started_at=handle.get("launched_at"), details=self._details(handle, None))
-        preemption = self._preemption(operations, handle) if zone else None
+            return AttemptStatus(state=AttemptState.RUNNING, reason=f"VM {vm.name} is RUNNING in {vm.zone}", **common)
+        preemption = self._preemption(operations, vm) if vm.zone else None
         if preemption is not None:
-            self._delete_if_present(handle)
-            return AttemptStatus(state=PREEMPTED, reason=f"{PREEMPTED_OPERATION} ({preemption.name})",
-                                 preemptions=1, started_at=handle.get("launched_at"),
-                                 ended_at=_epoch(preemption.end_time or preemption.insert_time),
-                                 details=self._details(handle, None))
+            return AttemptStatus(state=AttemptState.PREEMPTED, reason=f"{PREEMPTED_OPERATION} ({preemption.name})",
+                                 preemptions=1, ended_at=epoch_seconds(preemption.end_time or preemption.insert_time),
+                                 **common)
         if result is not None:
-            self._delete_if_present(handle)
-            return AttemptStatus(state=FAILED,
-                                 reason=f"the training exited with code {result.get('exit_code')}",
-                                 started_at=handle.get("launched_at"), ended_at=result.get("finished_at"),
-                                 details=self._details(handle, result))
+            reason = result.get("malformed") or f"the training exited with code {result.get('exit_code')}"
+            return AttemptStatus(state=AttemptState.FAILED, ended_at=epoch_seconds(result.get("finished_at")),
+                                 reason=reason, **common)
         if inst is None:
-            reason = (f"VM {name} in {zone} is gone with no result record and no {PREEMPTED_OPERATION} "
-                      "operation: it was deleted from outside, or the startup script could not write "
-                      f"{handle['result_uri']}")
+            reason = (f"VM {vm.name} in {vm.zone} is gone with no result record and no {PREEMPTED_OPERATION} "
+                      f"operation: it was deleted from outside, or the startup script could not write {vm.result_uri}")
         else:
-            self._delete_if_present(handle)
-            reason = f"VM {name} is {status} with no result record (the guest shut down or crashed)"
-        return AttemptStatus(state=FAILED, reason=reason, started_at=handle.get("launched_at"),
-                             ended_at=time.time(), details=self._details(handle, None))
+            reason = f"VM {vm.name} is {status} with no result record (the guest shut down or crashed)"
+        return AttemptStatus(state=AttemptState.FAILED, reason=reason, ended_at=time.time(), **common)
 
-    def _details(self, handle: dict[str, Any], result: dict[str, Any] | None) -> dict[str, Any]:
-        details = {"zone": handle.get("zone"), "instance": handle["name"],
-                   "zones_tried": handle.get("zones_tried", [])}
+    def _details(self, handle: ComputeEngineHandle, result: dict[str, Any] | None) -> dict[str, Any]:
+        details: dict[str, Any] = {"zone": handle.zone, "instance": handle.name, "zones_tried": handle.zones_tried}
         if result is not None:
             details["exit_code"] = result.get("exit_code")
         return details
 
-    def _preemption(self, operations: Any, handle: dict[str, Any]) -> Any | None:
-        project, zone, name = handle["project"], handle["zone"], handle["name"]
-        target = f"/projects/{project}/zones/{zone}/instances/{name}"
+    def _preemption(self, operations: Any, handle: ComputeEngineHandle) -> Any | None:
+        target = f"/projects/{handle.project}/zones/{handle.zone}/instances/{handle.name}"
         try:
             pager = operations.list(request={
-                "project": project, "zone": zone,
+                "project": handle.project, "zone": handle.zone,
                 "filter": f'operationType = "{PREEMPTED_OPERATION}"',
-            })
+            }, retry=gc.rate_limit_retry())
             for op in pager:
                 if op.operation_type == PREEMPTED_OPERATION and op.target_link.endswith(target):
                     return op
         except Exception as e:
-            raise self._translate(e, f"listing operations in {zone}", project) from e
+            raise self._translate(e, f"listing operations in {handle.zone}", handle.project) from e
         return None
 
-    def _read_result(self, uri: str | None) -> dict[str, Any] | None:
+    def _read_result(self, uri: str | None, token: str) -> dict[str, Any] | None:
+        """This attempt's result record; one left by another run at the same prefix is ignored."""
         if not uri:
             return None
         try:
-            return read_json_record(uri, **self.storage_options())
-        except ValueError:
-            return {"exit_code": None, "unreadable": True}
+            record = read_json_record(uri, **self.checkpoint_storage_options())
+        except MalformedRecord as e:  # at this attempt's own path: it ended, and how is unknown
+            return {"exit_code": None, "malformed": str(e), "token": token}
+        if record is None or record.get("token") != token:
+            return None
+        return record
 
-    def _delete_if_present(self, handle: dict[str, Any]) -> None:
+    def stop(self, handle: AttemptHandle) -> None:
         """Delete the VM (the startup script normally did); a missing VM is fine."""
         from google.api_core import exceptions as gexc
 
-        if not handle.get("zone"):
+        vm = self._typed(handle)
+        if not vm.zone:
             return
         instances, _, project = self._connect()
         try:
-            instances.delete_unary(project=project, zone=handle["zone"], instance=handle["name"])
+            instances.delete_unary(project=project, zone=vm.zone, instance=vm.name, retry=gc.rate_limit_retry())
         except gexc.NotFound:
             pass
-
-    def stop(self, handle: dict[str, Any]) -> None:
-        try:
-            self._delete_if_present(handle)
         except Exception as e:
-            raise self._translate(e, f"deleting VM {handle['name']}", handle.get("project")) from e
+            raise self._translate(e, f"deleting VM {vm.name}", vm.project) from e
 
 
 def _is_already_exists(e: Exception) -> bool:
     from google.api_core import exceptions as gexc
 
     return isinstance(e, gexc.Conflict)
-
-
-def _epoch(rfc3339: str | None) -> float | None:
-    if not rfc3339:
-        return None
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

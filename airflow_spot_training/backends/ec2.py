@@ -38,37 +38,41 @@ Cost
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import shlex
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from airflow_spot_training.backends.aws_connection import (
     S3StorageOptions,
+    console_domain,
     error_code,
     error_message,
     make_hook,
 )
 from airflow_spot_training.backends.base import (
-    CAPACITY_UNAVAILABLE,
-    FAILED,
-    PENDING,
-    PREEMPTED,
-    RUNNING,
-    STOPPED,
-    SUCCEEDED,
+    AttemptHandle,
+    AttemptLink,
+    AttemptState,
     AttemptStatus,
     BackendConfigError,
+    CapacityUnavailable,
     CloudActionRequired,
     LaunchRequest,
     SpotBackend,
-    SpotCapacityUnavailable,
+    argument,
+    check_env_names,
 )
 from airflow_spot_training.backends.ec2_batching import coordinator_for
 from airflow_spot_training.bootstrap import render_ec2_user_data
+from airflow_spot_training.core.epoch import epoch_seconds
 from airflow_spot_training.core.policy import Capacity
-from airflow_spot_training.runtime.results import read_json_record
+from airflow_spot_training.runtime.results import MalformedRecord, read_json_record
 
 log = logging.getLogger(__name__)
 
@@ -95,180 +99,149 @@ CAPACITY_ERRORS = frozenset({
 ENDED_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
 #: seconds during which an instance unknown to DescribeInstances is still taken as starting
 CONSISTENCY_GRACE = 120.0
+#: the console page of an instance (the Amazon provider's EC2InstanceLink format, any partition)
+INSTANCE_CONSOLE = "https://console.{aws_domain}/ec2/home?region={region_name}#InstanceDetails:instanceId={instance_id}"
 
 SPOT_QUOTA = ("'All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests' (L-34B43A08), or the "
               "family's own spot quota (G and VT: L-3819A6DF, P: L-7212CCBC, Inf: L-B5D1601B)")
 ON_DEMAND_QUOTA = ("'Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances' (L-1216C47A), or the "
                    "family's own on-demand quota (G and VT: L-DB2E81BA, P: L-417A185B)")
 
+NonEmptyStrings = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EC2Handle(AttemptHandle):
+    """One EC2 instance running one attempt."""
+
+    instance_id: str
+    region: str = ""
+    partition: str = "aws"
+    instance_type: str | None = None
+    subnet_id: str | None = None
+    availability_zone: str | None = None
+    pools_tried: list[str] = dataclasses.field(default_factory=list)
+    result_uri: str = ""
+    spot_price: float | None = None
+    on_demand_price: float | None = None
+
 
 class EC2SpotBackend(SpotBackend):
-    """Run each attempt on its own EC2 instance, spot first, on-demand after escalation.
-
-    :param command: the training command run on the instance (a shell command line or an
-        argument list); with ``container_image``, the container's arguments.
-    :param image_id: the AMI; required unless ``launch_template`` names one.
-    :param instance_types: instance types to try, in order of preference.
-    :param subnet_ids: subnets (one per AZ you accept) to try for each instance type.
-    :param pools: an explicit capacity ladder instead of ``instance_types`` x ``subnet_ids``:
-        a list of ``{"instance_type": ..., "subnet_id": ... | "availability_zone": ...}``.
-    :param launch_template: ``{"LaunchTemplateId" | "LaunchTemplateName": ..., "Version": ...}``;
-        explicit parameters given here override the template's.
-    :param container_image: run this image with ``docker run`` on the instance (the AMI
-        must have Docker) instead of a host command.
-    :param env: extra environment variables for the training.
-    :param instance_profile: IAM instance profile name or ARN (the training needs S3
-        access to the checkpoint prefix).
-    :param security_group_ids: security groups of the instance.
-    :param key_name: an EC2 key pair for SSH, if wanted.
-    :param root_volume_gb: size of the root volume (gp3), if not the AMI's.
-    :param root_device_name: the AMI's root device name (``/dev/xvda`` on Amazon Linux).
-    :param tags: extra tags for the instance and its volumes.
-    :param user_data_template: a replacement for the shipped bootstrap template, with the
-        same ``@@NAME@@`` placeholders.
-    :param on_demand_prices: on-demand USD per hour by instance type (or one number for
-        all), for cost and savings in the ledger.
-    :param use_pricing_api: look up on-demand prices missing from ``on_demand_prices`` in
-        the AWS Pricing API (needs ``pricing:GetProducts``).
-    :param aws_conn_id: the Airflow AWS connection (``aws_default``).
-    :param region_name: the region; default: the connection's.
-    :param botocore_config: extra botocore ``Config`` arguments (retries default to
-        ``standard`` mode, 10 attempts).
-    :param describe_interval: seconds between two shared ``DescribeInstances`` calls in the
-        triggerer; default: ``[spot_training] poll_interval``. ``EC2SpotTrainingOperator``
-        sets it to its ``poll_interval``.
-    """
+    """Run each attempt on its own EC2 instance, spot first, on-demand after escalation."""
 
     kind = "ec2"
+    handle_type = EC2Handle
     default_restart_overhead = 180.0
+    positional_argument = "command"
+    link_labels = ("EC2 instance",)
+    checkpoint_schemes = frozenset({"s3", "gs", "file"})
 
-    def __init__(
-        self,
-        command: str | list[str] | None = None,
-        *,
-        image_id: str | None = None,
-        instance_types: list[str] | None = None,
-        subnet_ids: list[str] | None = None,
-        pools: list[dict[str, str]] | None = None,
-        launch_template: dict[str, str] | None = None,
-        container_image: str | None = None,
-        env: dict[str, str] | None = None,
-        instance_profile: str | None = None,
-        security_group_ids: list[str] | None = None,
-        key_name: str | None = None,
-        root_volume_gb: int | None = None,
-        root_device_name: str = "/dev/xvda",
-        tags: dict[str, str] | None = None,
-        user_data_template: str | None = None,
-        on_demand_prices: dict[str, float] | float | None = None,
-        use_pricing_api: bool = False,
-        aws_conn_id: str | None = "aws_default",
-        region_name: str | None = None,
-        botocore_config: dict[str, Any] | None = None,
-        describe_interval: float | None = None,
-    ) -> None:
-        self.command = command
-        self.image_id = image_id
-        self.instance_types = list(instance_types) if instance_types is not None else None
-        self.subnet_ids = list(subnet_ids) if subnet_ids is not None else None
-        self.pools = [dict(p) for p in pools] if pools is not None else None
-        self.launch_template = dict(launch_template) if launch_template else None
-        self.container_image = container_image
-        self.env = dict(env or {})
-        self.instance_profile = instance_profile
-        self.security_group_ids = list(security_group_ids) if security_group_ids else None
-        self.key_name = key_name
-        self.root_volume_gb = root_volume_gb
-        self.root_device_name = root_device_name
-        self.tags = dict(tags or {})
-        self.user_data_template = user_data_template
-        self.on_demand_prices = on_demand_prices
-        self.use_pricing_api = use_pricing_api
-        self.aws_conn_id = aws_conn_id
-        self.region_name = region_name
-        self.botocore_config = botocore_config
-        self.describe_interval = describe_interval
-        self._hook: Any = None
-        self._storage = S3StorageOptions(aws_conn_id, region_name)
-        self._price_cache: dict[str, float | None] = {}
-        self.validate()
+    command: str | list[str] = argument(
+        doc="the training command run on the instance: a shell command line or a list of strings "
+            "(with container_image: the container's arguments)", templated=True, example="true")
+    image_id: str | None = argument(None, "the AMI; required unless launch_template names one", templated=True,
+                                    example="ami-00000000000000000")
+    instance_types: NonEmptyStrings | None = argument(
+        None, "instance types to try, in order of preference, e.g. ['g5.xlarge', 'g4dn.xlarge']", templated=True,
+        example=["m5.large"])
+    subnet_ids: NonEmptyStrings | None = argument(None, "subnets (one per AZ you accept) to try for each instance type")
+    pools: list[dict[str, str]] | None = argument(
+        None, "an explicit capacity ladder instead of instance_types x subnet_ids: a list of "
+              "{'instance_type': ..., 'subnet_id': ...} or {'instance_type': ..., 'availability_zone': ...}")
+    launch_template: dict[str, str] | None = argument(
+        None, "{'LaunchTemplateId' | 'LaunchTemplateName': ..., 'Version': ...}; explicit arguments override it")
+    container_image: str | None = argument(
+        None, "run this image with docker run on the instance (the AMI must have Docker) instead of a host command",
+        templated=True)
+    env: dict[str, str] = argument(
+        {}, "extra environment variables for the training; visible in the instance's user data, so pass "
+            "secrets through secrets=", templated=True)
+    secrets: dict[str, str] = argument(
+        {}, "environment variables resolved on the instance from AWS Secrets Manager: "
+            "{'HF_TOKEN': 'arn:aws:secretsmanager:...:secret:hf-token' or a secret name}")
+    instance_profile: str | None = argument(
+        None, "IAM instance profile name or ARN (the training needs S3 access to the checkpoint prefix)")
+    security_group_ids: NonEmptyStrings | None = argument(None, "security groups of the instance")
+    key_name: str | None = argument(None, "an EC2 key pair for SSH, if wanted")
+    root_volume_gb: PositiveInt | None = argument(None, "size of the root volume (gp3) in GiB, if not the AMI's")
+    root_device_name: str = argument("/dev/xvda", "the AMI's root device name (/dev/xvda on Amazon Linux)")
+    tags: dict[str, str] = argument({}, "extra tags for the instance and its volumes")
+    user_data_template: str | None = argument(
+        None, "a replacement for the shipped bootstrap template, with the same @@NAME@@ placeholders")
+    on_demand_prices: dict[str, PositiveFloat] | PositiveFloat | None = argument(
+        None, "on-demand USD per hour by instance type (or one number for all), for cost and savings")
+    use_pricing_api: bool = argument(
+        False, "look up on-demand prices missing from on_demand_prices in the AWS Pricing API "
+               "(needs pricing:GetProducts)")
+    aws_conn_id: str | None = argument("aws_default", "the Airflow AWS connection")
+    region_name: str | None = argument(None, "the region; default: the connection's")
+    botocore_config: dict[str, Any] | None = argument(
+        None, "extra botocore Config arguments (retries default to standard mode, 10 attempts)")
+    verify: bool | str | None = argument(
+        None, "SSL certificate verification, as in the Amazon provider: False, or a CA bundle path")
+    describe_interval: PositiveFloat | None = argument(
+        None, "seconds between two shared DescribeInstances calls in the triggerer; default: the task's "
+              "poll_interval")
 
-    # =====================================================================================
-    # configuration
-    # =====================================================================================
-    def serialize_kwargs(self) -> dict[str, Any]:
-        return {
-            "command": self.command,
-            "image_id": self.image_id,
-            "instance_types": self.instance_types,
-            "subnet_ids": self.subnet_ids,
-            "pools": self.pools,
-            "launch_template": self.launch_template,
-            "container_image": self.container_image,
-            "env": self.env,
-            "instance_profile": self.instance_profile,
-            "security_group_ids": self.security_group_ids,
-            "key_name": self.key_name,
-            "root_volume_gb": self.root_volume_gb,
-            "root_device_name": self.root_device_name,
-            "tags": self.tags,
-            "user_data_template": self.user_data_template,
-            "on_demand_prices": self.on_demand_prices,
-            "use_pricing_api": self.use_pricing_api,
-            "aws_conn_id": self.aws_conn_id,
-            "region_name": self.region_name,
-            "botocore_config": self.botocore_config,
-            "describe_interval": self.describe_interval,
-        }
+    _hook: Any = None
+    _price_cache: dict[str, float | None] = {}
 
-    def validate(self) -> None:
-        if not self.command or not (
-            isinstance(self.command, str)
-            or (isinstance(self.command, list) and all(isinstance(a, str) for a in self.command))
-        ):
-            raise BackendConfigError(
-                "EC2SpotBackend needs command=...: the training command run on the instance, as a shell "
-                "command line or a list of strings (with container_image: the container's arguments)."
-            )
+    @field_validator("env", "secrets")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return dict(check_env_names(value))
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str | list[str]) -> str | list[str]:
+        if not value:
+            raise ValueError("give the training command run on the instance, as a shell command line or a list "
+                             "of strings (with container_image: the container's arguments).")
+        return value
+
+    @field_validator("launch_template")
+    @classmethod
+    def _template_named(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and not ({"LaunchTemplateId", "LaunchTemplateName"} & set(value)):
+            raise ValueError("it must name the template: {'LaunchTemplateId': 'lt-...'} or "
+                             "{'LaunchTemplateName': '...'} (and optionally 'Version').")
+        return value
+
+    @field_validator("pools")
+    @classmethod
+    def _pools(cls, value: list[dict[str, str]] | None) -> list[dict[str, str]] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("it is empty: give at least one {'instance_type': ..., 'subnet_id': ...}.")
+        for pool in value:
+            unknown = set(pool) - {"instance_type", "subnet_id", "availability_zone"}
+            if unknown or not pool.get("instance_type"):
+                raise ValueError(
+                    f"entry {pool!r}: each pool is {{'instance_type': 'g5.xlarge', 'subnet_id': 'subnet-...'}} or "
+                    "{'instance_type': ..., 'availability_zone': 'us-east-1a'}."
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _where_and_what(self) -> EC2SpotBackend:
         if not self.image_id and not self.launch_template:
-            raise BackendConfigError(
-                "EC2SpotBackend needs image_id='ami-...' or launch_template={'LaunchTemplateName': ...}."
-            )
-        if self.launch_template is not None and not (
-            {"LaunchTemplateId", "LaunchTemplateName"} & set(self.launch_template)
-        ):
-            raise BackendConfigError(
-                f"launch_template={self.launch_template!r} must name the template: "
-                "{'LaunchTemplateId': 'lt-...'} or {'LaunchTemplateName': '...'} (and optionally 'Version')."
-            )
-        _check_str_list(self.instance_types, "instance_types")
-        _check_str_list(self.subnet_ids, "subnet_ids")
-        _check_str_list(self.security_group_ids, "security_group_ids")
+            raise ValueError("give image_id='ami-...' or launch_template={'LaunchTemplateName': ...}.")
         if self.pools is not None and self.instance_types is not None:
-            raise BackendConfigError("give either pools=[...] or instance_types=[...] (with subnet_ids), not both.")
-        if self.pools is not None:
-            _check_pools(self.pools)
+            raise ValueError("give either pools=[...] or instance_types=[...] (with subnet_ids), not both.")
         if not self.pools and not self.instance_types and not self.launch_template:
-            raise BackendConfigError(
-                "EC2SpotBackend needs instance_types=['g5.xlarge', ...] (tried in order), or pools=[...], "
+            raise ValueError(
+                "give instance_types=['g5.xlarge', ...] (tried in order), or pools=[...], "
                 "or a launch_template that sets the instance type."
             )
-        if self.root_volume_gb is not None and (
-            not isinstance(self.root_volume_gb, int) or isinstance(self.root_volume_gb, bool)
-            or self.root_volume_gb < 1
-        ):
-            raise BackendConfigError(f"root_volume_gb={self.root_volume_gb!r} must be a positive integer (GiB).")
-        _check_prices(self.on_demand_prices)
-        if self.describe_interval is not None and (
-            not isinstance(self.describe_interval, (int, float)) or self.describe_interval <= 0
-        ):
-            raise BackendConfigError(f"describe_interval={self.describe_interval!r} must be a positive number.")
-        for name in self.env:
-            if not isinstance(name, str) or not name.replace("_", "a").isalnum() or name[0].isdigit():
-                raise BackendConfigError(f"env: {name!r} is not a valid environment variable name.")
+        return self
 
-    def storage_options(self) -> dict[str, Any]:
-        return self._storage.get()
+    def checkpoint_storage_options(self) -> dict[str, Any]:
+        return S3StorageOptions(self.aws_conn_id, self.region_name, self.verify).get()
+
+    def bind_poll_interval(self, seconds: float) -> None:
+        if self.describe_interval is None:
+            self.describe_interval = seconds
 
     # =====================================================================================
     # clients
@@ -276,7 +249,7 @@ class EC2SpotBackend(SpotBackend):
     @property
     def hook(self) -> Any:
         if self._hook is None:
-            self._hook = make_hook(self.aws_conn_id, self.region_name, "ec2", self.botocore_config)
+            self._hook = make_hook(self.aws_conn_id, self.region_name, "ec2", self.botocore_config, self.verify)
         return self._hook
 
     @property
@@ -309,10 +282,10 @@ class EC2SpotBackend(SpotBackend):
     # =====================================================================================
     # launching
     # =====================================================================================
-    def launch(self, request: LaunchRequest) -> dict[str, Any]:
+    def launch(self, request: LaunchRequest) -> EC2Handle:
         existing = self.find(request)
         if existing is not None:
-            log.info("attempt %s already has instance %s; re-attaching", request.attempt, existing["instance_id"])
+            log.info("attempt %s already has instance %s; re-attaching", request.attempt, existing.instance_id)
             return existing
         tried: list[str] = []
         pools = self.capacity_pools()
@@ -334,13 +307,11 @@ class EC2SpotBackend(SpotBackend):
                 tried.append(f"{label}: {capacity_code}")
                 continue
             return self._handle(request, pool, instance, tried)
-        if request.capacity is Capacity.SPOT:
-            raise SpotCapacityUnavailable(
-                f"no spot capacity in any of {len(pools)} pool(s): " + "; ".join(tried), pools_tried=tried
-            )
-        raise CloudActionRequired(
-            f"no on-demand capacity in any of {len(pools)} pool(s) ({'; '.join(tried)}). Add instance types, "
-            "or subnets in other availability zones, to instance_types / subnet_ids / pools."
+        what = "spot" if request.capacity is Capacity.SPOT else "on-demand"
+        raise CapacityUnavailable(
+            f"no {what} capacity in any of {len(pools)} pool(s): {'; '.join(tried)}. More instance types, or "
+            "subnets in other availability zones (instance_types / subnet_ids / pools), widen the search.",
+            pools_tried=tried, capacity=request.capacity,
         )
 
     def _run_instance(self, request: LaunchRequest, pool: dict[str, str], index: int) -> dict[str, Any]:
@@ -356,6 +327,8 @@ class EC2SpotBackend(SpotBackend):
             "ClientToken": f"{request.token}-p{index}",
             "UserData": self.user_data(request),
             "InstanceInitiatedShutdownBehavior": "terminate",
+            # IMDSv2 only: the training's notice poller and the bootstrap use session tokens
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
             "TagSpecifications": [
                 {"ResourceType": "instance", "Tags": tags},
                 {"ResourceType": "volume", "Tags": tags},
@@ -396,7 +369,7 @@ class EC2SpotBackend(SpotBackend):
         command = self.command if isinstance(self.command, str) else shlex.join(self.command or [])
         return render_ec2_user_data(
             request.contract, command=command, container_image=self.container_image, env=self.env,
-            template=self.user_data_template,
+            secrets=self.secrets, template=self.user_data_template,
         )
 
     def _tags(self, request: LaunchRequest) -> dict[str, str]:
@@ -409,30 +382,38 @@ class EC2SpotBackend(SpotBackend):
         return tags
 
     def _handle(self, request: LaunchRequest, pool: dict[str, str], instance: dict[str, Any],
-                tried: list[str]) -> dict[str, Any]:
+                tried: list[str]) -> EC2Handle:
         instance_type = instance.get("InstanceType") or pool.get("instance_type")
         zone = (instance.get("Placement") or {}).get("AvailabilityZone") or pool.get("availability_zone")
         spot_price = self._spot_price(instance_type, zone) if request.capacity is Capacity.SPOT else None
-        return {
-            "backend": self.kind,
-            "instance_id": instance["InstanceId"],
-            "region": self._region(),
-            "token": request.token,
-            "attempt": request.attempt,
-            "capacity": request.capacity.value,
-            "instance_type": instance_type,
-            "subnet_id": instance.get("SubnetId") or pool.get("subnet_id"),
-            "availability_zone": zone,
-            "pool": _pool_label({"instance_type": instance_type or "?", **({"subnet_id": pool["subnet_id"]}
-                                 if pool.get("subnet_id") else {"availability_zone": zone or "?"})}),
-            "pools_tried": list(tried),
-            "launched_at": _epoch(instance.get("LaunchTime")) or time.time(),
-            "result_uri": request.contract.result_uri,
-            "spot_price": spot_price,
-            "on_demand_price": self.on_demand_price(instance_type),
-        }
+        where = {"subnet_id": pool["subnet_id"]} if pool.get("subnet_id") else {"availability_zone": zone or "?"}
+        return EC2Handle(
+            backend=self.kind,
+            token=request.token,
+            attempt=request.attempt,
+            capacity=request.capacity.value,
+            launched_at=epoch_seconds(instance.get("LaunchTime")) or time.time(),
+            pool=_pool_label({"instance_type": instance_type or "?", **where}),
+            instance_id=instance["InstanceId"],
+            region=self._region(),
+            partition=str(getattr(self.hook, "conn_partition", None) or "aws"),
+            instance_type=instance_type,
+            subnet_id=instance.get("SubnetId") or pool.get("subnet_id"),
+            availability_zone=zone,
+            pools_tried=list(tried),
+            result_uri=request.contract.result_uri,
+            spot_price=spot_price,
+            on_demand_price=self.on_demand_price(instance_type),
+        )
 
-    def find(self, request: LaunchRequest) -> dict[str, Any] | None:
+    def attempt_links(self, handle: AttemptHandle) -> list[AttemptLink]:
+        ec2 = self.load_handle(handle)
+        assert isinstance(ec2, EC2Handle)
+        url = INSTANCE_CONSOLE.format(aws_domain=console_domain(ec2.partition), region_name=ec2.region,
+                                      instance_id=ec2.instance_id)
+        return [AttemptLink("EC2 instance", url)]
+
+    def find(self, request: LaunchRequest) -> EC2Handle | None:
         """The attempt's instance, live or ended, found by its token tag (newest first)."""
         response = self.client.describe_instances(Filters=[{"Name": f"tag:{TOKEN_TAG}", "Values": [request.token]}])
         instances = [i for r in response.get("Reservations", []) for i in r.get("Instances", [])]
@@ -517,7 +498,7 @@ class EC2SpotBackend(SpotBackend):
 
     def _pricing_api_price(self, instance_type: str) -> float | None:
         # the Pricing API lives in us-east-1 (and ap-south-1), whatever the instances' region
-        hook = make_hook(self.aws_conn_id, "us-east-1", "pricing", self.botocore_config)
+        hook = make_hook(self.aws_conn_id, "us-east-1", "pricing", self.botocore_config, self.verify)
         filters = {
             "instanceType": instance_type, "regionCode": self._region(), "operatingSystem": "Linux",
             "tenancy": "Shared", "preInstalledSw": "NA", "capacitystatus": "Used",
@@ -533,62 +514,47 @@ class EC2SpotBackend(SpotBackend):
             return None
         return on_demand_price_from_product(response.get("PriceList", []))
 
-    def price_per_hour(self, handle: dict[str, Any], capacity: Capacity) -> float | None:
+    def price_per_hour(self, handle: AttemptHandle | None, capacity: Capacity) -> float | None:
+        ec2 = self.load_handle(handle) if handle is not None else None
+        assert ec2 is None or isinstance(ec2, EC2Handle)
         if capacity is Capacity.SPOT:
-            return handle.get("spot_price") if handle else None
-        if handle and handle.get("on_demand_price") is not None:
-            return float(handle["on_demand_price"])
+            return ec2.spot_price if ec2 else None
+        if ec2 and ec2.on_demand_price is not None:
+            return float(ec2.on_demand_price)
         first = next((p.get("instance_type") for p in self.capacity_pools() if p.get("instance_type")), None)
-        return self.on_demand_price(handle.get("instance_type") if handle else first)
+        return self.on_demand_price(ec2.instance_type if ec2 else first)
 
     # =====================================================================================
     # watching (worker: sync)
     # =====================================================================================
-    def describe(self, handle: dict[str, Any]) -> AttemptStatus:
+    def describe(self, handle: AttemptHandle) -> AttemptStatus:
+        ec2 = self._typed(handle)
         try:
-            response = self.client.describe_instances(InstanceIds=[handle["instance_id"]])
+            response = self.client.describe_instances(InstanceIds=[ec2.instance_id])
             instances = [i for r in response.get("Reservations", []) for i in r.get("Instances", [])]
         except Exception as e:
             if error_code(e) != "InvalidInstanceID.NotFound":
                 raise
             instances = []
         instance = instances[0] if instances else None
-        status, needs = classify_instance(instance, handle)
-        if needs == "result":
-            return self._completed(status, self._read_result(handle))
-        if needs == "spot-request":
-            return self._from_spot_request(status, self._spot_request_code(instance))
-        return status
-
-    def _read_result(self, handle: dict[str, Any]) -> dict[str, Any] | None:
-        uri = handle.get("result_uri")
-        return read_json_record(uri, **self.storage_options()) if uri else None
-
-    @staticmethod
-    def _completed(status: AttemptStatus, result: dict[str, Any] | None) -> AttemptStatus:
-        if result is None:
-            status.state = FAILED
-            status.reason = (f"{COMPLETION_REASON}: the instance shut itself down without writing a result record "
-                             "(the bootstrap failed early; see the instance's console output)")
+        status, needs = classify_instance(instance, ec2)
+        if needs is None:
             return status
-        exit_code = result.get("exit_code")
-        status.details["exit_code"] = exit_code
-        if exit_code == 0:
-            status.state, status.reason = SUCCEEDED, f"{COMPLETION_REASON}: training exited 0"
-        else:
-            status.state, status.reason = FAILED, f"{COMPLETION_REASON}: training exited with code {exit_code}"
-        if result.get("finished_at"):
-            status.ended_at = float(result["finished_at"])
-        return status
+        code = self._spot_request_code(instance) if needs == "spot-request" else None
+        return settle_ended(status, self._read_result(ec2), ec2.token, code)
 
-    @staticmethod
-    def _from_spot_request(status: AttemptStatus, code: str | None) -> AttemptStatus:
-        status.details["spot_request_status"] = code
-        if code in SPOT_INTERRUPTION_CODES:
-            status.state, status.reason = PREEMPTED, f"spot request {code}"
-        elif code in SPOT_CAPACITY_CODES:
-            status.state, status.reason = CAPACITY_UNAVAILABLE, f"spot request {code}"
-        return status
+    def _typed(self, handle: AttemptHandle) -> EC2Handle:
+        ec2 = self.load_handle(handle)
+        assert isinstance(ec2, EC2Handle)
+        return ec2
+
+    def _read_result(self, handle: EC2Handle) -> dict[str, Any] | None:
+        if not handle.result_uri:
+            return None
+        try:
+            return read_json_record(handle.result_uri, **self.checkpoint_storage_options())
+        except MalformedRecord as e:  # at this attempt's own path: it ended, and how is unknown
+            return {"token": handle.token, "exit_code": None, "malformed": str(e)}
 
     def _spot_request_code(self, instance: dict[str, Any] | None) -> str | None:
         request_id = (instance or {}).get("SpotInstanceRequestId")
@@ -622,25 +588,24 @@ class EC2SpotBackend(SpotBackend):
     async def _async_client(self) -> Any:
         return await self.hook.get_async_conn()
 
-    async def poll(self, handle: dict[str, Any]) -> AttemptStatus:
+    async def poll(self, handle: AttemptHandle) -> AttemptStatus:
+        ec2 = self._typed(handle)
         coordinator = coordinator_for(self._describe_key(), self._async_client, self._describe_interval())
-        instance = await coordinator.describe(handle["instance_id"], caller=handle)
-        status, needs = classify_instance(instance, handle)
-        if needs == "result":
-            result = await asyncio.to_thread(self._read_result, handle)
-            status = self._completed(status, result)
-        elif needs == "spot-request":
-            code = await asyncio.to_thread(self._spot_request_code, instance)
-            status = self._from_spot_request(status, code)
+        instance = await coordinator.describe(ec2.instance_id, caller=handle)
+        status, needs = classify_instance(instance, ec2)
+        if needs is not None:
+            code = await asyncio.to_thread(self._spot_request_code, instance) if needs == "spot-request" else None
+            result = await asyncio.to_thread(self._read_result, ec2)
+            status = settle_ended(status, result, ec2.token, code)
         if status.is_final:
-            coordinator.forget(handle["instance_id"])
+            coordinator.forget(ec2.instance_id)
         return status
 
     # =====================================================================================
     # stopping
     # =====================================================================================
-    def stop(self, handle: dict[str, Any]) -> None:
-        self._terminate(handle["instance_id"])
+    def stop(self, handle: AttemptHandle) -> None:
+        self._terminate(self._typed(handle).instance_id)
 
     def _terminate(self, instance_id: str) -> None:
         try:
@@ -649,10 +614,11 @@ class EC2SpotBackend(SpotBackend):
             if error_code(e) != "InvalidInstanceID.NotFound":
                 raise
 
-    async def astop(self, handle: dict[str, Any]) -> None:
+    async def astop(self, handle: AttemptHandle) -> None:
+        instance_id = self._typed(handle).instance_id
         async with await self.hook.get_async_conn() as client:
             try:
-                await client.terminate_instances(InstanceIds=[handle["instance_id"]])
+                await client.terminate_instances(InstanceIds=[instance_id])
             except Exception as e:
                 if error_code(e) != "InvalidInstanceID.NotFound":
                     raise
@@ -661,46 +627,84 @@ class EC2SpotBackend(SpotBackend):
 # =========================================================================================
 # pure helpers
 # =========================================================================================
-def classify_instance(instance: dict[str, Any] | None, handle: dict[str, Any]) -> tuple[AttemptStatus, str | None]:
-    """Map a ``DescribeInstances`` entry to an attempt status.
+def classify_instance(instance: dict[str, Any] | None, handle: EC2Handle) -> tuple[AttemptStatus, str | None]:
+    """Map a ``DescribeInstances`` entry to a provisional attempt status.
 
-    Returns the status and what is still needed to finish it: ``"result"`` (read the
-    result record: the instance shut itself down), ``"spot-request"`` (ask the spot
-    request why the instance ended), or ``None``.
+    Returns the status and what is still needed to settle it (see :func:`settle_ended`):
+    ``"result"`` (the instance has ended: read its result record), ``"spot-request"``
+    (also ask the spot request why it ended), or ``None`` (nothing: it is pending,
+    running, or gone).
     """
-    details: dict[str, Any] = {k: handle.get(k) for k in ("instance_id", "instance_type", "availability_zone",
-                                                        "pool", "spot_price", "on_demand_price")}
+    details: dict[str, Any] = {"instance_id": handle.instance_id, "instance_type": handle.instance_type,
+                               "availability_zone": handle.availability_zone, "pool": handle.pool,
+                               "spot_price": handle.spot_price, "on_demand_price": handle.on_demand_price}
     if instance is None:
-        if time.time() - float(handle.get("launched_at") or 0) < CONSISTENCY_GRACE:
-            return AttemptStatus(state=PENDING, reason="not visible to DescribeInstances yet", details=details), None
-        return AttemptStatus(state=FAILED, reason=f"instance {handle.get('instance_id')} no longer exists",
-                             ended_at=time.time(), details=details), None
+        if time.time() - float(handle.launched_at or 0) < CONSISTENCY_GRACE:
+            return AttemptStatus(state=AttemptState.PENDING, reason="not visible to DescribeInstances yet",
+                                 details=details), None
+        return AttemptStatus(state=AttemptState.FAILED, reason=f"instance {handle.instance_id} no longer exists",
+                             ended_at=time.time(), details=details), "result"
     state = (instance.get("State") or {}).get("Name", "")
     reason = instance.get("StateReason") or {}
     code, message = reason.get("Code", ""), reason.get("Message", "")
-    started_at = _epoch(instance.get("LaunchTime"))
+    started_at = epoch_seconds(instance.get("LaunchTime"))
     details.update(state=state, state_reason=code)
     if state == "pending":
-        return AttemptStatus(state=PENDING, reason="pending", started_at=started_at, details=details), None
-    if state == "running":
-        return AttemptStatus(state=RUNNING, reason="running", started_at=started_at, details=details), None
-    ended = AttemptStatus(state=FAILED, reason=f"{code or state}: {message}".rstrip(": "), started_at=started_at,
-                          ended_at=time.time(), details=details)
+        return AttemptStatus(state=AttemptState.PENDING, reason="pending", started_at=started_at,
+                             details=details), None
     if state not in ENDED_STATES:
-        return AttemptStatus(state=RUNNING, reason=state, started_at=started_at, details=details), None
+        return AttemptStatus(state=AttemptState.RUNNING, reason=state, started_at=started_at, details=details), None
+    ended = AttemptStatus(state=AttemptState.FAILED, reason=f"{code or state}: {message}".rstrip(": "),
+                          started_at=started_at, ended_at=time.time(), details=details)
     if code in PREEMPTION_REASONS:
-        ended.state, ended.reason, ended.preemptions = PREEMPTED, f"{code}: spot capacity reclaimed", 1
-        return ended, None
-    if code == COMPLETION_REASON:
-        return ended, "result"
-    if code in CAPACITY_REASONS:
-        ended.state = CAPACITY_UNAVAILABLE
-        return ended, None
-    if instance.get("SpotInstanceRequestId"):
+        ended.state, ended.reason, ended.preemptions = AttemptState.PREEMPTED, f"{code}: spot capacity reclaimed", 1
+    elif code in CAPACITY_REASONS:
+        ended.state = AttemptState.CAPACITY_UNAVAILABLE
+    elif code == USER_SHUTDOWN_REASON:
+        ended.state, ended.reason = AttemptState.STOPPED, f"{code}: terminated by a user or an API call"
+    elif code != COMPLETION_REASON and instance.get("SpotInstanceRequestId"):
         return ended, "spot-request"
-    if code == USER_SHUTDOWN_REASON:
-        ended.state, ended.reason = STOPPED, f"{code}: terminated by a user or an API call, not by the training"
-    return ended, None
+    return ended, "result"
+
+
+def settle_ended(status: AttemptStatus, result: dict[str, Any] | None, token: str,
+                 spot_request_code: str | None = None) -> AttemptStatus:
+    """How an ended instance's attempt ended, from its state reason and its result record.
+
+    The result record the bootstrap wrote for *this* attempt (its token must match; a
+    record left at the prefix by an earlier run is ignored) wins: exit 0 is a success even
+    if the instance was reclaimed afterwards; a training that exited because it caught the
+    reclaim notice (``"reclaim_notice": true``) is a preemption, not a failure.
+    """
+    record = result if result is not None and result.get("token") == token else None
+    if result is not None and record is None:
+        status.details["ignored_result_record"] = f"token {result.get('token')!r} is not this attempt's"
+    if spot_request_code is not None:
+        status.details["spot_request_status"] = spot_request_code
+        if spot_request_code in SPOT_INTERRUPTION_CODES:
+            status.state, status.reason, status.preemptions = (AttemptState.PREEMPTED,
+                                                               f"spot request {spot_request_code}", 1)
+        elif spot_request_code in SPOT_CAPACITY_CODES:
+            status.state, status.reason = AttemptState.CAPACITY_UNAVAILABLE, f"spot request {spot_request_code}"
+    if record is None:
+        if status.details.get("state_reason") == COMPLETION_REASON:
+            status.reason = (f"{COMPLETION_REASON}: the instance shut itself down without writing its result "
+                             "record (the bootstrap failed early; see the instance's console output)")
+        return status
+    exit_code = record.get("exit_code")
+    status.details["exit_code"] = exit_code
+    if isinstance(record.get("finished_at"), (int, float)):
+        status.ended_at = float(record["finished_at"])
+    if record.get("malformed"):
+        status.state, status.reason = AttemptState.FAILED, str(record["malformed"])
+    elif exit_code == 0:
+        status.state, status.reason, status.preemptions = AttemptState.SUCCEEDED, "training exited 0", 0
+    elif record.get("reclaim_notice"):
+        status.state, status.preemptions = AttemptState.PREEMPTED, 1
+        status.reason = f"spot capacity reclaimed: the training caught the notice and exited {exit_code}"
+    elif status.state is not AttemptState.PREEMPTED:
+        status.state, status.reason = AttemptState.FAILED, f"training exited with code {exit_code}"
+    return status
 
 
 def on_demand_price_from_product(price_list: list[Any]) -> float | None:
@@ -715,49 +719,6 @@ def on_demand_price_from_product(price_list: list[Any]) -> float | None:
     return None
 
 
-def _epoch(value: Any) -> float | None:
-    if value is None:
-        return None
-    if hasattr(value, "timestamp"):
-        return float(value.timestamp())
-    return None
-
-
 def _pool_label(pool: dict[str, str]) -> str:
     where = pool.get("subnet_id") or pool.get("availability_zone") or "any-az"
     return f"{pool.get('instance_type') or 'template-type'}@{where}"
-
-
-def _check_str_list(value: Any, argument: str) -> None:
-    if value is None:
-        return
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise BackendConfigError(f"{argument}={value!r} must be a non-empty list of strings.")
-
-
-def _check_pools(pools: list[dict[str, str]]) -> None:
-    if not pools:
-        raise BackendConfigError("pools=[] is empty: give at least one {'instance_type': ..., 'subnet_id': ...}.")
-    for pool in pools:
-        unknown = set(pool) - {"instance_type", "subnet_id", "availability_zone"}
-        if unknown or not pool.get("instance_type"):
-            raise BackendConfigError(
-                f"pools entry {pool!r} is invalid: each pool is {{'instance_type': 'g5.xlarge', "
-                "'subnet_id': 'subnet-...'}} or {'instance_type': ..., 'availability_zone': 'us-east-1a'}."
-            )
-
-
-def _check_prices(prices: Any) -> None:
-    if prices is None:
-        return
-    if isinstance(prices, (int, float)) and not isinstance(prices, bool) and prices > 0:
-        return
-    if isinstance(prices, dict) and all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-        for k, v in prices.items()
-    ):
-        return
-    raise BackendConfigError(
-        f"on_demand_prices={prices!r} is invalid: give USD per hour by instance type, "
-        "e.g. {'g5.xlarge': 1.006}, or one positive number."
-    )

@@ -8,16 +8,18 @@ messages that name the permission, the quota or the argument to fix.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from airflow_spot_training.backends.base import BackendConfigError, CloudActionRequired, LaunchRequest
+from airflow_spot_training.backends.base import CloudActionRequired, LaunchRequest
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
 
 DEFAULT_CONN_ID = "google_cloud_default"
+CONSOLE = "https://console.cloud.google.com"
 #: namespace of the uuid5 request ids derived from attempt tokens
 REQUEST_ID_NAMESPACE = uuid.UUID("5b0f2f4e-8d3a-4c1e-9a57-2f1f0c6a7e11")
 
@@ -51,25 +53,60 @@ def credentials_and_project(
     return hook.get_credentials_and_project_id()
 
 
-def validate_common(*, project_id: Any, gcp_conn_id: Any, emulator_host: Any, storage_options: Any) -> None:
-    if project_id is not None and not (isinstance(project_id, str) and _PROJECT_ID.fullmatch(project_id)):
-        raise BackendConfigError(
+def validate_common(*, project_id: str | None, emulator_host: str | None) -> None:
+    """Checks both Google backends make (raised as ``ValueError`` inside their model validators)."""
+    if project_id is not None and not _PROJECT_ID.fullmatch(project_id):
+        raise ValueError(
             f"project_id={project_id!r} is not a Google Cloud project id (lower case, 6-30 characters); "
             "give the project id, or leave it out to use the project of the connection."
         )
-    if not isinstance(gcp_conn_id, str) or not gcp_conn_id:
-        raise BackendConfigError(f"gcp_conn_id={gcp_conn_id!r} is invalid: give an Airflow connection id "
-                                 f"such as {DEFAULT_CONN_ID!r}.")
     emulator_ok = isinstance(emulator_host, str) and emulator_host.startswith(
         ("http://", "https://", "127.", "localhost"))
     if emulator_host is not None and not emulator_ok:
-        raise BackendConfigError(
+        raise ValueError(
             f"emulator_host={emulator_host!r} is invalid: give the base URL of an emulator of the API "
             "(e.g. 'http://127.0.0.1:8085'), or leave it out to talk to Google Cloud."
         )
-    if storage_options is not None and not isinstance(storage_options, dict):
-        raise BackendConfigError("storage_options must be a dict of gcsfs options (JSON-safe), e.g. "
-                                 "{'project': 'my-project'}.")
+
+
+# -- retries ---------------------------------------------------------------------------------
+_RATE_WORDS = re.compile(r"rate limit|ratelimit|per minute|per second|too many requests|try again", re.I)
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Throttling and transient server errors: retried with jittered backoff, never shown as failures.
+
+    429, 500, 502, 503, 504, and 403/RESOURCE_EXHAUSTED answers that are rate limits (per-minute
+    quotas, ``rateLimitExceeded``) rather than exhausted resource quotas.
+    """
+    from google.api_core import exceptions as gexc
+
+    if isinstance(error, (gexc.TooManyRequests, gexc.InternalServerError, gexc.BadGateway,
+                          gexc.ServiceUnavailable, gexc.GatewayTimeout, gexc.DeadlineExceeded)):
+        return True
+    if isinstance(error, (gexc.Forbidden, gexc.ResourceExhausted)):
+        reasons = {str(x.get("reason", "")) for x in (getattr(error, "errors", None) or []) if isinstance(x, dict)}
+        return bool(reasons & {"rateLimitExceeded", "userRateLimitExceeded"}) or bool(
+            _RATE_WORDS.search(getattr(error, "message", None) or str(error)))
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def rate_limit_retry() -> Any:
+    """The retry policy every Google API call of the backends passes (``retry=``): exponential
+    backoff with full jitter (google-api-core's), up to 5 minutes, on :func:`is_retryable` errors."""
+    from google.api_core import retry
+
+    return retry.Retry(predicate=is_retryable, initial=1.0, maximum=30.0, multiplier=2.0, timeout=300.0)
+
+
+@functools.lru_cache(maxsize=None)
+def rate_limit_retry_async() -> Any:
+    """:func:`rate_limit_retry` for the async clients."""
+    from google.api_core import retry_async
+
+    return retry_async.AsyncRetry(predicate=is_retryable, initial=1.0, maximum=30.0, multiplier=2.0,
+                                  timeout=300.0)
 
 
 # -- names and labels ----------------------------------------------------------------------
@@ -91,6 +128,8 @@ def resource_labels(request: LaunchRequest, extra: Mapping[str, str] | None = No
         "spot-training-token": request.token,
         "spot-training-capacity": request.capacity.value.replace("_", "-"),
     }
+    if ids.get("deployment"):
+        labels["spot-training-deployment"] = ids["deployment"]
     labels.update(extra or {})
     return {label_value(k): label_value(v) for k, v in labels.items()}
 
@@ -153,6 +192,8 @@ def translate_http_error(
 
     message = getattr(e, "message", None) or str(e)
     reasons = {str(x.get("reason", "")) for x in (getattr(e, "errors", None) or []) if isinstance(x, dict)}
+    if is_retryable(e):  # still throttled after the retries: not the user's to fix, and not fatal
+        return e
     is_quota = (
         isinstance(e, (gexc.ResourceExhausted, gexc.TooManyRequests))
         or bool(reasons & {"quotaExceeded", "QUOTA_EXCEEDED"})

@@ -8,10 +8,10 @@ attempt's ``status.json``.
 
 A spot attempt is preempted the way a cloud does it: a notice (SIGTERM to the
 training), then, after ``notice_seconds``, a hard kill. When preemptions happen
-comes from a schedule: a fixed list, a seeded random rate, or a trace in the
-``spot-traces`` format (1 = spot available, 0 = reclaimed / unavailable), replayed
-with each sample lasting ``seconds_per_sample`` real seconds. On-demand attempts
-are never preempted.
+comes from a schedule: a fixed list, committed steps, a seeded random rate, or a trace
+in the ``spot-traces`` format (1 = spot available, 0 = reclaimed / unavailable),
+replayed with each sample lasting ``seconds_per_sample`` real seconds. On-demand
+attempts are never preempted.
 
 A reclaim can also be injected on demand, for fault-injection tests and drills:
 :func:`request_preemption` (one attempt) and :func:`preempt_running` (every live
@@ -21,6 +21,11 @@ supervisor treats as a reclaim: notice, then hard kill after ``notice_seconds``.
 Launch is idempotent on the attempt token: the attempt directory is created under
 an exclusive file lock, and a second launch with the same token returns the
 attempt that is already there.
+
+What is written to disk: only the declared ``env`` and the environment contract
+(``spec.json``), status and logs, all with mode 0600 in 0700 directories. The
+training inherits the supervisor's environment without the deployment's own
+secrets (``AIRFLOW__*`` configuration, ``AIRFLOW_CONN_*``, ``AIRFLOW_VAR_*``).
 """
 
 from __future__ import annotations
@@ -35,147 +40,194 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    ValidationError,
+    field_validator,
+)
 
 from airflow_spot_training.backends.base import (
-    FAILED,
-    FINAL_STATES,
-    RUNNING,
-    STOPPED,
+    AttemptHandle,
+    AttemptLink,
+    AttemptState,
     AttemptStatus,
     BackendConfigError,
+    CapacityUnavailable,
     LaunchRequest,
     SpotBackend,
-    SpotCapacityUnavailable,
+    argument,
+    check_env_names,
 )
 from airflow_spot_training.core.policy import Capacity
 
 STATUS_FILE = "status.json"
 LAUNCH_FILE = "launch.json"
+SPEC_FILE = "spec.json"
 LOG_FILE = "training.log"
+#: environment variables of the deployment itself, never handed to a training
+PRIVATE_ENV_PREFIXES = ("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_")
 
 
 # -- preemption schedules ----------------------------------------------------------------
-def fixed_preemptions(after_seconds: list[float | None]) -> dict[str, Any]:
+class _Schedule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FixedPreemptions(_Schedule):
     """Spot attempt N is preempted ``after_seconds[N-1]`` seconds after it starts (``None``: never)."""
-    return {"kind": "fixed", "after_seconds": list(after_seconds)}
+
+    kind: Literal["fixed"] = "fixed"
+    after_seconds: list[NonNegativeFloat | None]
 
 
-def step_preemptions(at_steps: list[int | None]) -> dict[str, Any]:
+class StepPreemptions(_Schedule):
+    """Spot attempt N is reclaimed once a checkpoint at step ``at_steps[N-1]`` or later is committed."""
+
+    kind: Literal["steps"] = "steps"
+    at_steps: list[NonNegativeInt | None]
+
+    @field_validator("at_steps", mode="before")
+    @classmethod
+    def _whole_steps(cls, value: Any) -> Any:
+        bad = [v for v in value or [] if v is not None and (not isinstance(v, int) or isinstance(v, bool))]
+        if bad:
+            raise ValueError(f"step_preemptions takes non-negative integers or None, got {bad!r}")
+        return value
+
+
+class RatePreemptions(_Schedule):
+    """Preemptions arrive at random at ``per_hour`` on average; reproducible for a seed."""
+
+    kind: Literal["rate"] = "rate"
+    per_hour: NonNegativeFloat
+    seed: int = 0
+
+
+class TracePreemptions(_Schedule):
+    """A spot-traces file replayed in real time: each sample lasts ``seconds_per_sample``."""
+
+    kind: Literal["trace"] = "trace"
+    path: str
+    seconds_per_sample: PositiveFloat = 1.0
+    offset: int = 0
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, value: str) -> str:
+        if not Path(value).is_file():
+            raise ValueError(f"trace file {value!r} does not exist")
+        return value
+
+    def samples(self) -> list[int]:
+        with open(self.path) as f:
+            return [int(v) for v in json.load(f)["data"]]
+
+
+PreemptionSchedule = Annotated[
+    Union[FixedPreemptions, StepPreemptions, RatePreemptions, TracePreemptions], Field(discriminator="kind")
+]
+
+
+def _schedule(kind: type[_Schedule], **fields: Any) -> Any:
+    try:
+        return kind(**fields)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg'].removeprefix('Value error, ')}"
+                             for p in e.errors())
+        raise BackendConfigError(f"preemptions: {problems}") from None
+
+
+def fixed_preemptions(after_seconds: list[float | None]) -> FixedPreemptions:
+    """Spot attempt N is preempted ``after_seconds[N-1]`` seconds after it starts (``None``: never)."""
+    return _schedule(FixedPreemptions, after_seconds=list(after_seconds))
+
+
+def step_preemptions(at_steps: list[int | None]) -> StepPreemptions:
     """Spot attempt N is reclaimed once the training has committed a checkpoint at step
     ``at_steps[N-1]`` or later (``None``: never). Reproducible whatever the machine's speed,
     which makes it the schedule for demos and tests."""
-    return {"kind": "steps", "at_steps": list(at_steps)}
+    return _schedule(StepPreemptions, at_steps=list(at_steps))
 
 
-def random_preemptions(per_hour: float, seed: int = 0) -> dict[str, Any]:
+def random_preemptions(per_hour: float, seed: int = 0) -> RatePreemptions:
     """Preemptions arrive at random at ``per_hour`` on average; reproducible for a seed."""
-    return {"kind": "rate", "per_hour": per_hour, "seed": seed}
+    return _schedule(RatePreemptions, per_hour=per_hour, seed=seed)
 
 
-def trace_preemptions(path: str, seconds_per_sample: float = 1.0, offset: int = 0) -> dict[str, Any]:
+def trace_preemptions(path: str, seconds_per_sample: float = 1.0, offset: int = 0) -> TracePreemptions:
     """Replay a spot-traces file: each sample lasts ``seconds_per_sample`` real seconds."""
-    return {"kind": "trace", "path": str(path), "seconds_per_sample": seconds_per_sample, "offset": offset}
+    return _schedule(TracePreemptions, path=str(path), seconds_per_sample=seconds_per_sample, offset=offset)
 
 
-def _validate_schedule(schedule: dict[str, Any] | None) -> None:
-    if schedule is None:
-        return
-    if not isinstance(schedule, dict) or schedule.get("kind") not in ("fixed", "steps", "rate", "trace"):
-        raise BackendConfigError(
-            f"preemptions={schedule!r} is not a schedule: build one with fixed_preemptions([...]), "
-            "step_preemptions([...]), random_preemptions(per_hour, seed) or trace_preemptions(path)."
-        )
-    kind = schedule["kind"]
-    if kind == "fixed":
-        for v in schedule.get("after_seconds", []):
-            if v is not None and (not isinstance(v, (int, float)) or v < 0):
-                raise BackendConfigError(
-                    f"preemptions: fixed after_seconds must be non-negative numbers or None, got {v!r}"
-                )
-    elif kind == "steps":
-        for v in schedule.get("at_steps", []):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-                raise BackendConfigError(f"preemptions: step_preemptions takes non-negative integers or None, got {v!r}")
-    elif kind == "rate":
-        if not isinstance(schedule.get("per_hour"), (int, float)) or schedule["per_hour"] < 0:
-            raise BackendConfigError(f"preemptions: per_hour must be 0 or more, got {schedule.get('per_hour')!r}")
-    elif kind == "trace":
-        path = Path(schedule["path"])
-        if not path.is_file():
-            raise BackendConfigError(f"preemptions: trace file {str(path)!r} does not exist")
-        if schedule.get("seconds_per_sample", 1) <= 0:
-            raise BackendConfigError("preemptions: seconds_per_sample must be positive")
+@dataclass(frozen=True, kw_only=True)
+class LocalHandle(AttemptHandle):
+    """A local attempt: its directory and its supervisor process."""
 
-
-def _load_trace(path: str) -> list[int]:
-    with open(path) as f:
-        return [int(v) for v in json.load(f)["data"]]
+    attempt_dir: str
+    supervisor_pid: int
+    preempt_at: float | None = None
 
 
 class LocalBackend(SpotBackend):
-    """Run training as a detached local process, with simulated spot preemptions.
-
-    :param command: the training command, as an argument list.
-    :param env: extra environment variables for the training (the contract is added).
-    :param cwd: working directory of the training.
-    :param preemptions: a schedule from :func:`fixed_preemptions`, :func:`step_preemptions`,
-        :func:`random_preemptions` or :func:`trace_preemptions`; ``None`` never preempts.
-    :param notice_seconds: seconds between the notice (SIGTERM) and the hard kill
-        (AWS gives 120, GCP 30; short values keep demos quick).
-    :param state_dir: where attempt directories live (default: ``[spot_training]
-        local_state_dir``, else ``$AIRFLOW_HOME/spot_training``).
-    :param spot_price_per_hour: price used for cost estimates of spot attempts.
-    :param on_demand_price_per_hour: price used for on-demand attempts and savings.
-    """
+    """Run training as a detached local process, with simulated spot preemptions."""
 
     kind = "local"
+    handle_type = LocalHandle
     default_restart_overhead = 3.0
+    positional_argument = "command"
+    link_labels = ("Training log",)
 
-    def __init__(
-        self,
-        command: list[str] | None = None,
-        *,
-        env: dict[str, str] | None = None,
-        cwd: str | None = None,
-        preemptions: dict[str, Any] | None = None,
-        notice_seconds: float = 5.0,
-        state_dir: str | None = None,
-        spot_price_per_hour: float | None = None,
-        on_demand_price_per_hour: float | None = None,
-    ) -> None:
-        self.command = list(command) if isinstance(command, (list, tuple)) else command
-        self.env = dict(env or {})
-        self.cwd = cwd
-        self.preemptions = preemptions
-        self.notice_seconds = notice_seconds
-        self.state_dir = state_dir
-        self.spot_price_per_hour = spot_price_per_hour
-        self.on_demand_price_per_hour = on_demand_price_per_hour
-        self.validate()
+    command: list[str] = argument(
+        doc="the training command, as a list of strings, e.g. "
+            "[sys.executable, '-m', 'airflow_spot_training.examples.regression']",
+        templated=True, example=["true"])
+    env: dict[str, str] = argument(
+        {}, "extra environment variables for the training (the contract is added)", templated=True)
+    cwd: str | None = argument(None, "working directory of the training")
+    preemptions: PreemptionSchedule | None = argument(
+        None, "when spot attempts are reclaimed: fixed_preemptions([...]), step_preemptions([...]), "
+              "random_preemptions(per_hour, seed) or trace_preemptions(path); None never preempts")
+    notice_seconds: NonNegativeFloat = argument(
+        5.0, "seconds between the notice (SIGTERM) and the hard kill (AWS gives 120, GCP 30)")
+    state_dir: str | None = argument(
+        None, "where attempt directories live (default: [spot_training] local_state_dir)")
+    spot_price_per_hour: PositiveFloat | None = argument(None, "USD per hour used for cost estimates of spot attempts")
+    on_demand_price_per_hour: PositiveFloat | None = argument(
+        None, "USD per hour used for on-demand attempts and savings")
 
-    def serialize_kwargs(self) -> dict[str, Any]:
-        return {
-            "command": self.command,
-            "env": self.env,
-            "cwd": self.cwd,
-            "preemptions": self.preemptions,
-            "notice_seconds": self.notice_seconds,
-            "state_dir": self.state_dir,
-            "spot_price_per_hour": self.spot_price_per_hour,
-            "on_demand_price_per_hour": self.on_demand_price_per_hour,
-        }
+    @field_validator("command")
+    @classmethod
+    def _non_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("the training command must not be empty, e.g. "
+                             "[sys.executable, '-m', 'airflow_spot_training.examples.regression']")
+        return value
 
-    def validate(self) -> None:
-        if not isinstance(self.command, list) or not self.command or not all(isinstance(a, str) for a in self.command):
-            raise BackendConfigError(
-                "LocalBackend needs command=[...]: the training command as a list of strings, "
-                "e.g. [sys.executable, '-m', 'airflow_spot_training.examples.regression']."
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return dict(check_env_names(value))
+
+    @field_validator("preemptions", mode="before")
+    @classmethod
+    def _known_schedule(cls, value: Any) -> Any:
+        if value is None or isinstance(value, _Schedule):
+            return value
+        if not isinstance(value, dict) or value.get("kind") not in ("fixed", "steps", "rate", "trace"):
+            raise ValueError(
+                f"{value!r} is not a schedule: build one with fixed_preemptions([...]), step_preemptions([...]), "
+                "random_preemptions(per_hour, seed) or trace_preemptions(path)."
             )
-        if not isinstance(self.notice_seconds, (int, float)) or self.notice_seconds < 0:
-            raise BackendConfigError(f"notice_seconds must be 0 or more, got {self.notice_seconds!r}")
-        _validate_schedule(self.preemptions)
+        return value
 
     # -- paths ---------------------------------------------------------------------------
     def _state_root(self) -> Path:
@@ -193,7 +245,7 @@ class LocalBackend(SpotBackend):
         """The instant trace time 0 maps to: the run's first launch, fixed once per run."""
         marker = run_dir / "trace_epoch"
         try:
-            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(repr(time.time()))
         except FileExistsError:
@@ -201,126 +253,118 @@ class LocalBackend(SpotBackend):
         return float(marker.read_text() or time.time())
 
     def _preempt_at(self, request: LaunchRequest, run_dir: Path, now: float) -> float | None:
-        s = self.preemptions
-        if request.capacity is not Capacity.SPOT or not s:
+        schedule = self.preemptions
+        if request.capacity is not Capacity.SPOT or schedule is None:
             return None
-        if s["kind"] == "fixed":
-            after = s["after_seconds"]
-            idx = request.attempt - 1
-            if idx < len(after) and after[idx] is not None:
-                return now + float(after[idx])
-            return None
-        if s["kind"] == "steps":
-            return None  # see _preempt_at_step: the supervisor watches the commit records
-        if s["kind"] == "rate":
-            if s["per_hour"] <= 0:
+        index = request.attempt - 1
+        if isinstance(schedule, FixedPreemptions):
+            after = schedule.after_seconds
+            return now + float(after[index]) if index < len(after) and after[index] is not None else None
+        if isinstance(schedule, RatePreemptions):
+            if schedule.per_hour <= 0:
                 return None
-            rng = random.Random(f"{s.get('seed', 0)}:{request.contract.run_key}:{request.attempt}")
-            return now + rng.expovariate(s["per_hour"] / 3600.0)
-        data = _load_trace(s["path"])
-        sps = float(s.get("seconds_per_sample", 1.0))
+            rng = random.Random(f"{schedule.seed}:{request.contract.run_key}:{request.attempt}")
+            return now + rng.expovariate(schedule.per_hour / 3600.0)
+        if isinstance(schedule, TracePreemptions):
+            return self._trace_preempt_at(schedule, run_dir, now)
+        return None  # StepPreemptions: the supervisor watches the commit records
+
+    def _trace_preempt_at(self, schedule: TracePreemptions, run_dir: Path, now: float) -> float | None:
+        data = schedule.samples()
         epoch = self._run_epoch(run_dir)
-        i0 = int(s.get("offset", 0)) + int(math.floor(max(0.0, now - epoch) / sps))
-        if data[i0 % len(data)] == 0:
-            raise SpotCapacityUnavailable(f"trace {Path(s['path']).name} has no spot capacity at sample {i0}")
+        first = schedule.offset + int(math.floor(max(0.0, now - epoch) / schedule.seconds_per_sample))
+        if data[first % len(data)] == 0:
+            raise CapacityUnavailable(f"trace {Path(schedule.path).name} has no spot capacity at sample {first}",
+                                      pools_tried=["local: no spot capacity in the replayed trace"])
         for k in range(1, len(data) + 1):
-            if data[(i0 + k) % len(data)] == 0:
-                return epoch + (i0 + k - int(s.get("offset", 0))) * sps
+            if data[(first + k) % len(data)] == 0:
+                return epoch + (first + k - schedule.offset) * schedule.seconds_per_sample
         return None
 
     def _preempt_at_step(self, request: LaunchRequest) -> int | None:
-        s = self.preemptions
-        if request.capacity is not Capacity.SPOT or not s or s["kind"] != "steps":
+        schedule = self.preemptions
+        if request.capacity is not Capacity.SPOT or not isinstance(schedule, StepPreemptions):
             return None
-        at = s["at_steps"]
-        idx = request.attempt - 1
-        return at[idx] if idx < len(at) else None
+        index = request.attempt - 1
+        return schedule.at_steps[index] if index < len(schedule.at_steps) else None
 
     # -- worker side ----------------------------------------------------------------------
-    def launch(self, request: LaunchRequest) -> dict[str, Any]:
+    def launch(self, request: LaunchRequest) -> LocalHandle:
         attempt_dir = self._attempt_dir(request)
-        attempt_dir.mkdir(parents=True, exist_ok=True)
+        attempt_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(attempt_dir / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            launch_file = attempt_dir / LAUNCH_FILE
-            if launch_file.exists():
-                handle = json.loads(launch_file.read_text())
-                if handle.get("token") == request.token:
-                    return handle  # already launched under this token: re-attach
+            existing = self._read_handle(attempt_dir)
+            if existing is not None:
+                if existing.token == request.token:
+                    return existing  # already launched under this token: re-attach
                 raise BackendConfigError(
-                    f"attempt directory {attempt_dir} belongs to token {handle.get('token')!r}, "
-                    f"not {request.token!r}; is state_dir shared between two deployments?"
+                    f"attempt directory {attempt_dir} belongs to token {existing.token!r}, not "
+                    f"{request.token!r}; is state_dir shared between two deployments?"
                 )
-            now = time.time()
-            preempt_at = self._preempt_at(request, attempt_dir.parent, now)
-            env = {**os.environ, **self.env, **request.contract.to_env()}
-            spec = {
-                "preempt_at_step": self._preempt_at_step(request),
-                "command": self.command,
-                "capacity": request.capacity.value,
-                "env": env,
-                "cwd": self.cwd,
-                "preempt_at": preempt_at,
-                "notice_seconds": self.notice_seconds,
-            }
-            (attempt_dir / "spec.json").write_text(json.dumps(spec))
-            with open(attempt_dir / "supervisor.log", "ab") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "airflow_spot_training.backends.local_supervisor", str(attempt_dir)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # outlives the worker, own process group
-                    close_fds=True,
-                )
-            # reap it if this process outlives it (e.g. `airflow dags test`), so no zombie is left
-            threading.Thread(target=proc.wait, daemon=True).start()
-            handle = {
-                "backend": self.kind,
-                "attempt_dir": str(attempt_dir),
-                "token": request.token,
-                "attempt": request.attempt,
-                "capacity": request.capacity.value,
-                "supervisor_pid": proc.pid,
-                "launched_at": now,
-                "preempt_at": preempt_at,
-                "pool": "local",
-            }
-            tmp = attempt_dir / f".{LAUNCH_FILE}.tmp"
-            tmp.write_text(json.dumps(handle))
-            os.replace(tmp, launch_file)
-            return handle
+            return self._start(request, attempt_dir)
 
-    def find(self, request: LaunchRequest) -> dict[str, Any] | None:
-        launch_file = self._attempt_dir(request) / LAUNCH_FILE
-        if launch_file.exists():
-            handle = json.loads(launch_file.read_text())
-            if handle.get("token") == request.token:
-                return handle
-        return None
-
-    def describe(self, handle: dict[str, Any]) -> AttemptStatus:
-        attempt_dir = Path(handle["attempt_dir"])
-        status = _read_json(attempt_dir / STATUS_FILE)
-        if status and status.get("state") in FINAL_STATES:
-            return AttemptStatus.from_dict(status)
-        if not _alive(handle["supervisor_pid"]):
-            # it may have written its final status between our read and the liveness check
-            status = _read_json(attempt_dir / STATUS_FILE)
-            if status and status.get("state") in FINAL_STATES:
-                return AttemptStatus.from_dict(status)
-            return AttemptStatus(
-                state=FAILED,
-                reason="the local supervisor process vanished (machine restart or kill -9)",
-                ended_at=time.time(),
+    def _start(self, request: LaunchRequest, attempt_dir: Path) -> LocalHandle:
+        now = time.time()
+        preempt_at = self._preempt_at(request, attempt_dir.parent, now)
+        spec = {
+            "preempt_at_step": self._preempt_at_step(request),
+            "command": self.command,
+            "capacity": request.capacity.value,
+            "env": {**self.env, **request.contract.to_env()},  # declared variables only
+            "cwd": self.cwd,
+            "preempt_at": preempt_at,
+            "notice_seconds": self.notice_seconds,
+        }
+        write_private_json(attempt_dir / SPEC_FILE, spec)
+        with open_private(attempt_dir / "supervisor.log", "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "airflow_spot_training.backends.local_supervisor", str(attempt_dir)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=training_environment(),
+                start_new_session=True,  # outlives the worker, own process group
+                close_fds=True,
             )
-        if status:
-            return AttemptStatus.from_dict(status)
-        return AttemptStatus(state=RUNNING, reason="starting", started_at=handle.get("launched_at"))
+        # reap it if this process outlives it (e.g. `airflow dags test`), so no zombie is left
+        threading.Thread(target=proc.wait, daemon=True).start()
+        handle = LocalHandle(
+            backend=self.kind, token=request.token, attempt=request.attempt, capacity=request.capacity.value,
+            launched_at=now, pool="local", attempt_dir=str(attempt_dir), supervisor_pid=proc.pid,
+            preempt_at=preempt_at,
+        )
+        write_private_json(attempt_dir / LAUNCH_FILE, handle.to_dict())
+        return handle
 
-    def stop(self, handle: dict[str, Any]) -> None:
-        pid = int(handle["supervisor_pid"])
-        attempt_dir = Path(handle["attempt_dir"])
+    def _read_handle(self, attempt_dir: Path) -> LocalHandle | None:
+        data = _read_json(attempt_dir / LAUNCH_FILE)
+        return LocalHandle.from_dict(data) if data else None
+
+    def find(self, request: LaunchRequest) -> LocalHandle | None:
+        handle = self._read_handle(self._attempt_dir(request))
+        return handle if handle is not None and handle.token == request.token else None
+
+    def describe(self, handle: AttemptHandle) -> AttemptStatus:
+        local = self.load_handle(handle)
+        assert isinstance(local, LocalHandle)
+        status_path = Path(local.attempt_dir) / STATUS_FILE
+        status = _read_status(status_path)
+        if status is not None and status.is_final:
+            return status
+        if not _alive(local.supervisor_pid):
+            # it may have written its final status between our read and the liveness check
+            status = _read_status(status_path)
+            if status is not None and status.is_final:
+                return status
+            return AttemptStatus(state=AttemptState.FAILED,
+                                 reason="the local supervisor process vanished (machine restart or kill -9)",
+                                 ended_at=time.time())
+        if status is not None:
+            return status
+        return AttemptStatus(state=AttemptState.RUNNING, reason="starting", started_at=local.launched_at)
+
+    def stop(self, handle: AttemptHandle) -> None:
+        local = self.load_handle(handle)
+        assert isinstance(local, LocalHandle)
+        pid, attempt_dir = int(local.supervisor_pid), Path(local.attempt_dir)
         if _alive(pid):
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -335,26 +379,41 @@ class LocalBackend(SpotBackend):
         except (ProcessLookupError, PermissionError):
             pass
         status = _read_json(attempt_dir / STATUS_FILE)
-        if not status or status.get("state") not in FINAL_STATES:
-            _write_json(attempt_dir / STATUS_FILE, {**(status or {}), "state": STOPPED,
-                                                    "reason": "stopped on request", "ended_at": time.time()})
+        if not status or status.get("state") not in {s.value for s in AttemptState if s.is_final}:
+            write_private_json(attempt_dir / STATUS_FILE, {**(status or {}), "state": AttemptState.STOPPED.value,
+                                                            "reason": "stopped on request", "ended_at": time.time()})
 
-    def price_per_hour(self, handle: dict[str, Any], capacity: Capacity) -> float | None:
+    def price_per_hour(self, handle: AttemptHandle | None, capacity: Capacity) -> float | None:
         return self.spot_price_per_hour if capacity is Capacity.SPOT else self.on_demand_price_per_hour
 
-    def spot_available(self, handle: dict[str, Any]) -> bool | None:
+    def spot_available(self, handle: AttemptHandle) -> bool | None:
         """From the replayed trace's current sample for this run; always, without a trace."""
-        s = self.preemptions
-        if not s or s["kind"] != "trace":
+        schedule = self.preemptions
+        if not isinstance(schedule, TracePreemptions):
             return True
-        data = _load_trace(s["path"])
-        epoch = self._run_epoch(Path(handle["attempt_dir"]).parent)
+        local = self.load_handle(handle)
+        assert isinstance(local, LocalHandle)
+        data = schedule.samples()
+        epoch = self._run_epoch(Path(local.attempt_dir).parent)
         elapsed = max(0.0, time.time() - epoch)
-        i = int(s.get("offset", 0)) + int(math.floor(elapsed / float(s.get("seconds_per_sample", 1.0))))
-        return bool(data[i % len(data)])
+        index = schedule.offset + int(math.floor(elapsed / schedule.seconds_per_sample))
+        return bool(data[index % len(data)])
 
-    def log_path(self, handle: dict[str, Any]) -> str:
-        return str(Path(handle["attempt_dir"]) / LOG_FILE)
+    def attempt_links(self, handle: AttemptHandle) -> list[AttemptLink]:
+        local = self.load_handle(handle)
+        assert isinstance(local, LocalHandle)
+        return [AttemptLink("Training log", f"file://{self.log_path(local)}")]
+
+    def log_path(self, handle: AttemptHandle) -> str:
+        local = self.load_handle(handle)
+        assert isinstance(local, LocalHandle)
+        return str(Path(local.attempt_dir) / LOG_FILE)
+
+
+def training_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a local training inherits: this process's, without the deployment's secrets."""
+    source = os.environ if base is None else base
+    return {k: v for k, v in source.items() if not k.startswith(PRIVATE_ENV_PREFIXES)}
 
 
 def request_preemption(attempt_dir: str | os.PathLike[str]) -> bool:
@@ -365,10 +424,10 @@ def request_preemption(attempt_dir: str | os.PathLike[str]) -> bool:
     from airflow_spot_training.backends.local_supervisor import PREEMPT_NOW_FILE
 
     attempt_dir = Path(attempt_dir)
-    spec = _read_json(attempt_dir / "spec.json") or {}
+    spec = _read_json(attempt_dir / SPEC_FILE) or {}
     capacity = spec.get("capacity") or (spec.get("env") or {}).get("SPOT_TRAINING_CAPACITY")
-    status = _read_json(attempt_dir / STATUS_FILE) or {}
-    if capacity != Capacity.SPOT.value or status.get("state") in FINAL_STATES:
+    status = _read_status(attempt_dir / STATUS_FILE)
+    if capacity != Capacity.SPOT.value or (status is not None and status.is_final):
         return False
     launch = _read_json(attempt_dir / LAUNCH_FILE)
     if launch is None or not _alive(int(launch["supervisor_pid"])):
@@ -403,12 +462,31 @@ def _alive(pid: int) -> bool:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
+    except ValueError:  # a torn write of our own files cannot happen (atomic replace); a foreign one can
+        return None
+    return data if isinstance(data, dict) else None
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
+def _read_status(path: Path) -> AttemptStatus | None:
+    """The supervisor's status record; transient read errors (other than absence) propagate."""
+    data = _read_json(path)
+    return AttemptStatus.from_dict(data) if data else None
+
+
+def open_private(path: Path, mode: str = "wb") -> Any:
+    """Open a file readable by its owner only (0600), whatever the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC)
+    return os.fdopen(os.open(path, flags, 0o600), mode)
+
+
+def write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` atomically (a rename) as a 0600 file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open_private(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -27,20 +27,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from airflow_spot_training.backends.base import FAILED, PREEMPTED, RUNNING, STOPPED, SUCCEEDED
+from airflow_spot_training.core.attempt import AttemptState
+
+FAILED, PREEMPTED, RUNNING = AttemptState.FAILED.value, AttemptState.PREEMPTED.value, AttemptState.RUNNING.value
+STOPPED, SUCCEEDED = AttemptState.STOPPED.value, AttemptState.SUCCEEDED.value
 
 #: fault-injection hook: this file in a spot attempt's directory means "reclaimed now"
 PREEMPT_NOW_FILE = "preempt-now"
 
 
 def _write_status(attempt_dir: Path, status: dict[str, Any]) -> None:
-    path = attempt_dir / "status.json"
-    tmp = attempt_dir / ".status.json.tmp"
-    with open(tmp, "w") as f:
-        json.dump(status, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from airflow_spot_training.backends.local import STATUS_FILE, write_private_json
+
+    write_private_json(attempt_dir / STATUS_FILE, status)
 
 
 def _tail(path: Path, lines: int = 5) -> str:
@@ -77,11 +76,13 @@ def main(attempt_dir_arg: str) -> int:
         stop_requested = True
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    from airflow_spot_training.backends.local import open_private
+
     log_path = attempt_dir / "training.log"
     started = time.time()
-    with open(log_path, "ab") as log:
+    with open_private(log_path, "ab") as log:
         child = subprocess.Popen(
-            spec["command"], env=spec["env"], cwd=spec.get("cwd") or None,
+            spec["command"], env={**os.environ, **spec["env"]}, cwd=spec.get("cwd") or None,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
     status: dict[str, Any] = {

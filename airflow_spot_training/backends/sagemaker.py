@@ -24,28 +24,32 @@ Cost
 from __future__ import annotations
 
 import re
+import time
+from dataclasses import dataclass
 from typing import Any
+
+from pydantic import PositiveFloat, PositiveInt, field_validator, model_validator
 
 from airflow_spot_training.backends.aws_connection import (
     S3StorageOptions,
+    console_domain,
     error_code,
     error_message,
     make_hook,
 )
 from airflow_spot_training.backends.base import (
-    CAPACITY_UNAVAILABLE,
-    FAILED,
-    PENDING,
-    RUNNING,
-    STOPPED,
-    SUCCEEDED,
+    AttemptHandle,
+    AttemptLink,
+    AttemptState,
     AttemptStatus,
-    BackendConfigError,
     CloudActionRequired,
     LaunchRequest,
     SpotBackend,
+    argument,
+    check_env_names,
 )
-from airflow_spot_training.core import contract as C
+from airflow_spot_training.core import contract as spot_contract
+from airflow_spot_training.core.epoch import epoch_seconds
 from airflow_spot_training.core.policy import Capacity
 
 INTERRUPTED = "Interrupted"
@@ -57,164 +61,129 @@ MAX_PREFIX = 63 - 1 - 20 - 6
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 _NOT_FOUND = re.compile(r"not find|not found|does not exist", re.I)
 DEFAULT_LOCAL_PATH = "/opt/ml/checkpoints"
+JOB_CONSOLE = "https://console.{aws_domain}/sagemaker/home?region={region_name}#/jobs/{job_name}"
+LOGS_CONSOLE = ("https://console.{aws_domain}/cloudwatch/home?region={region_name}#logsV2:log-groups/log-group/"
+                "$252Faws$252Fsagemaker$252FTrainingJobs$3FlogStreamNameFilter$3D{job_name}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SageMakerHandle(AttemptHandle):
+    """One SageMaker training job running one attempt."""
+
+    job_name: str
+    region: str = ""
+    partition: str = "aws"
+    instance_count: int = 1
 
 
 class SageMakerSpotBackend(SpotBackend):
-    """Run each attempt as a SageMaker training job, managed spot first, on-demand after escalation.
-
-    :param image_uri: the training image (ECR URI).
-    :param role_arn: the execution role SageMaker assumes (needs S3 access to the
-        checkpoint prefix and ``output_s3_uri``).
-    :param instance_type: the ML instance type, e.g. ``ml.g5.xlarge``.
-    :param instance_count: instances per job.
-    :param volume_size_gb: the ML storage volume per instance.
-    :param max_runtime: ``MaxRuntimeInSeconds``: training seconds one job may use.
-    :param max_wait: ``MaxWaitTimeInSeconds`` of spot jobs: training plus waiting for spot
-        capacity; at least ``max_runtime``. Default: twice ``max_runtime``.
-    :param command: ``ContainerEntrypoint`` override, if the image's entry point is not the training.
-    :param arguments: ``ContainerArguments``.
-    :param hyperparameters: string-valued hyperparameters.
-    :param environment: extra environment variables (the contract is added).
-    :param input_data_config: ``InputDataConfig`` channels, as the API takes them.
-    :param output_s3_uri: ``OutputDataConfig.S3OutputPath``; default: ``<checkpoint prefix>/_output``.
-    :param job_name_prefix: job names are ``<prefix>-<run key>-a<attempt>`` (at most 36 characters).
-    :param checkpoint_local_path: ``CheckpointConfig.LocalPath``; the training is told to
-        checkpoint there (``SPOT_TRAINING_CHECKPOINT_URI``) and SageMaker syncs it to the prefix.
-    :param vpc_config: ``VpcConfig`` (subnets and security groups), if the job runs in a VPC.
-    :param tags: extra tags for the job.
-    :param on_demand_price_per_hour: USD per instance-hour of ``instance_type``; cost is billable
-        seconds at this price (SageMaker reports spot savings as fewer billable seconds).
-    :param aws_conn_id: the Airflow AWS connection (``aws_default``).
-    :param region_name: the region; default: the connection's.
-    :param botocore_config: extra botocore ``Config`` arguments.
-    """
+    """Run each attempt as a SageMaker training job, managed spot first, on-demand after escalation."""
 
     kind = "sagemaker"
+    handle_type = SageMakerHandle
     default_restart_overhead = 300.0
+    link_labels = ("SageMaker job", "Logs")
+    checkpoint_schemes = frozenset({"s3"})
 
-    def __init__(
-        self,
-        *,
-        image_uri: str | None = None,
-        role_arn: str | None = None,
-        instance_type: str | None = None,
-        instance_count: int = 1,
-        volume_size_gb: int = 50,
-        max_runtime: int = 24 * 3600,
-        max_wait: int | None = None,
-        command: list[str] | None = None,
-        arguments: list[str] | None = None,
-        hyperparameters: dict[str, str] | None = None,
-        environment: dict[str, str] | None = None,
-        input_data_config: list[dict[str, Any]] | None = None,
-        output_s3_uri: str | None = None,
-        job_name_prefix: str = "spot-training",
-        checkpoint_local_path: str = DEFAULT_LOCAL_PATH,
-        vpc_config: dict[str, list[str]] | None = None,
-        tags: dict[str, str] | None = None,
-        on_demand_price_per_hour: float | None = None,
-        aws_conn_id: str | None = "aws_default",
-        region_name: str | None = None,
-        botocore_config: dict[str, Any] | None = None,
-    ) -> None:
-        self.image_uri = image_uri
-        self.role_arn = role_arn
-        self.instance_type = instance_type
-        self.instance_count = instance_count
-        self.volume_size_gb = volume_size_gb
-        self.max_runtime = max_runtime
-        self.max_wait = max_wait if max_wait is not None else (
-            2 * max_runtime if isinstance(max_runtime, int) else None)
-        self.command = list(command) if command else None
-        self.arguments = list(arguments) if arguments else None
-        self.hyperparameters = dict(hyperparameters or {})
-        self.environment = dict(environment or {})
-        self.input_data_config = list(input_data_config) if input_data_config else None
-        self.output_s3_uri = output_s3_uri
-        self.job_name_prefix = job_name_prefix
-        self.checkpoint_local_path = checkpoint_local_path
-        self.vpc_config = vpc_config
-        self.tags = dict(tags or {})
-        self.on_demand_price_per_hour = on_demand_price_per_hour
-        self.aws_conn_id = aws_conn_id
-        self.region_name = region_name
-        self.botocore_config = botocore_config
-        self._hook: Any = None
-        self._storage = S3StorageOptions(aws_conn_id, region_name)
-        self.validate()
+    image_uri: str = argument(doc="the training image (ECR URI), e.g. "
+                                  "'123456789012.dkr.ecr.us-east-1.amazonaws.com/train:latest'",
+                              templated=True, example="123456789012.dkr.ecr.us-east-1.amazonaws.com/train:latest")
+    role_arn: str = argument(doc="the execution role SageMaker assumes (needs S3 access to the checkpoint prefix "
+                                 "and output_s3_uri), e.g. 'arn:aws:iam::123456789012:role/SageMakerTraining'")
+    instance_type: str = argument(doc="the ML instance type, e.g. 'ml.g5.xlarge'", templated=True,
+                                  example="ml.m5.large")
+    instance_count: PositiveInt = argument(1, "instances per job")
+    volume_size_gb: PositiveInt = argument(50, "the ML storage volume per instance, GiB")
+    max_runtime: PositiveInt = argument(24 * 3600, "MaxRuntimeInSeconds: training seconds one job may use")
+    max_wait: PositiveInt | None = argument(
+        None, "MaxWaitTimeInSeconds of spot jobs: training plus waiting for spot capacity, at least max_runtime; "
+              "default: twice max_runtime")
+    command: list[str] | None = argument(
+        None, "ContainerEntrypoint override, if the image's entry point is not the training", templated=True)
+    arguments: list[str] | None = argument(None, "ContainerArguments", templated=True)
+    hyperparameters: dict[str, str] = argument({}, "string-valued hyperparameters", templated=True)
+    environment: dict[str, str] = argument(
+        {}, "extra environment variables (the contract is added); visible in the job description, so pass "
+            "secrets through secrets=", templated=True)
+    secrets: dict[str, str] = argument(
+        {}, "environment variables the training resolves from AWS Secrets Manager at start "
+            "(runtime.read_contract()): {'HF_TOKEN': 'arn:aws:secretsmanager:...' or a secret name}")
+    input_data_config: list[dict[str, Any]] | None = argument(
+        None, "InputDataConfig channels, as the API takes them", templated=True)
+    output_s3_uri: str | None = argument(
+        None, "OutputDataConfig.S3OutputPath; default: <checkpoint prefix>/_output", templated=True)
+    job_name_prefix: str = argument("spot-training", f"job names are <prefix>-<run key>-a<attempt> "
+                                                     f"(at most {MAX_PREFIX} characters)")
+    checkpoint_local_path: str = argument(
+        DEFAULT_LOCAL_PATH, "CheckpointConfig.LocalPath; the training is told to checkpoint there "
+                            "(SPOT_TRAINING_CHECKPOINT_URI) and SageMaker syncs it to the prefix")
+    vpc_config: dict[str, list[str]] | None = argument(
+        None, "VpcConfig (subnets and security groups), if the job runs in a VPC")
+    tags: dict[str, str] = argument({}, "extra tags for the job")
+    on_demand_price_per_hour: PositiveFloat | None = argument(
+        None, "USD per instance-hour of instance_type; cost is billable seconds at this price (SageMaker "
+              "reports spot savings as fewer billable seconds)")
+    aws_conn_id: str | None = argument("aws_default", "the Airflow AWS connection")
+    region_name: str | None = argument(None, "the region; default: the connection's")
+    botocore_config: dict[str, Any] | None = argument(None, "extra botocore Config arguments")
+    verify: bool | str | None = argument(
+        None, "SSL certificate verification, as in the Amazon provider: False, or a CA bundle path")
 
-    # =====================================================================================
-    # configuration
-    # =====================================================================================
-    def serialize_kwargs(self) -> dict[str, Any]:
-        return {
-            "image_uri": self.image_uri,
-            "role_arn": self.role_arn,
-            "instance_type": self.instance_type,
-            "instance_count": self.instance_count,
-            "volume_size_gb": self.volume_size_gb,
-            "max_runtime": self.max_runtime,
-            "max_wait": self.max_wait,
-            "command": self.command,
-            "arguments": self.arguments,
-            "hyperparameters": self.hyperparameters,
-            "environment": self.environment,
-            "input_data_config": self.input_data_config,
-            "output_s3_uri": self.output_s3_uri,
-            "job_name_prefix": self.job_name_prefix,
-            "checkpoint_local_path": self.checkpoint_local_path,
-            "vpc_config": self.vpc_config,
-            "tags": self.tags,
-            "on_demand_price_per_hour": self.on_demand_price_per_hour,
-            "aws_conn_id": self.aws_conn_id,
-            "region_name": self.region_name,
-            "botocore_config": self.botocore_config,
-        }
+    _hook: Any = None
 
-    def validate(self) -> None:
-        for name in ("image_uri", "role_arn", "instance_type"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                example = {"image_uri": "'123456789012.dkr.ecr.us-east-1.amazonaws.com/train:latest'",
-                           "role_arn": "'arn:aws:iam::123456789012:role/SageMakerTraining'",
-                           "instance_type": "'ml.g5.xlarge'"}[name]
-                raise BackendConfigError(f"SageMakerSpotBackend needs {name}={example}.")
-        if not self.role_arn.startswith("arn:"):  # type: ignore[union-attr]
-            raise BackendConfigError(f"role_arn={self.role_arn!r} must be an IAM role ARN (arn:aws:iam::...:role/...).")
-        if not self.instance_type.startswith("ml."):  # type: ignore[union-attr]
-            raise BackendConfigError(
-                f"instance_type={self.instance_type!r} is not a SageMaker type; they start with 'ml.' (ml.g5.xlarge)."
+    @field_validator("role_arn")
+    @classmethod
+    def _role(cls, value: str) -> str:
+        if not value.startswith("arn:"):
+            raise ValueError("it must be an IAM role ARN (arn:aws:iam::...:role/...).")
+        return value
+
+    @field_validator("instance_type")
+    @classmethod
+    def _ml_type(cls, value: str) -> str:
+        if not value.startswith("ml."):
+            raise ValueError("it is not a SageMaker type; they start with 'ml.' (ml.g5.xlarge).")
+        return value
+
+    @field_validator("job_name_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if len(value) > MAX_PREFIX or not _NAME.match(value):
+            raise ValueError(f"it must be 1-{MAX_PREFIX} letters, digits and hyphens, starting and ending with a "
+                             "letter or digit (job names are <prefix>-<run key>-a<attempt>).")
+        return value
+
+    @field_validator("output_s3_uri")
+    @classmethod
+    def _s3(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("s3://"):
+            raise ValueError("it must be an s3:// URI.")
+        return value
+
+    @field_validator("environment", "secrets")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return dict(check_env_names(value, "environment"))
+
+    @model_validator(mode="after")
+    def _max_wait(self) -> SageMakerSpotBackend:
+        if self.max_wait is None:
+            self.max_wait = 2 * self.max_runtime
+        if self.max_wait < self.max_runtime:
+            raise ValueError(
+                f"max_wait={self.max_wait!r} must be >= max_runtime={self.max_runtime}: SageMaker counts the "
+                "training itself inside MaxWaitTimeInSeconds."
             )
-        for name in ("instance_count", "volume_size_gb", "max_runtime"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise BackendConfigError(f"{name}={value!r} must be a positive integer.")
-        if not isinstance(self.max_wait, int) or isinstance(self.max_wait, bool) or self.max_wait < self.max_runtime:
-            raise BackendConfigError(
-                f"max_wait={self.max_wait!r} must be an integer >= max_runtime={self.max_runtime}: SageMaker counts "
-                "the training itself inside MaxWaitTimeInSeconds."
-            )
-        if (not isinstance(self.job_name_prefix, str) or len(self.job_name_prefix) > MAX_PREFIX
-                or not _NAME.match(self.job_name_prefix)):
-            raise BackendConfigError(
-                f"job_name_prefix={self.job_name_prefix!r} must be 1-{MAX_PREFIX} letters, digits and hyphens, "
-                "starting and ending with a letter or digit (job names are <prefix>-<run key>-a<attempt>)."
-            )
-        if self.output_s3_uri is not None and not str(self.output_s3_uri).startswith("s3://"):
-            raise BackendConfigError(f"output_s3_uri={self.output_s3_uri!r} must be an s3:// URI.")
-        if any(not isinstance(v, str) for v in self.hyperparameters.values()):
-            raise BackendConfigError("hyperparameters: SageMaker takes string values only; str() them.")
-        if self.on_demand_price_per_hour is not None and (
-            not isinstance(self.on_demand_price_per_hour, (int, float)) or self.on_demand_price_per_hour <= 0
-        ):
-            raise BackendConfigError(f"on_demand_price_per_hour={self.on_demand_price_per_hour!r} must be positive.")
+        return self
 
-    def storage_options(self) -> dict[str, Any]:
-        return self._storage.get()
+    def checkpoint_storage_options(self) -> dict[str, Any]:
+        return S3StorageOptions(self.aws_conn_id, self.region_name, self.verify).get()
 
     @property
     def hook(self) -> Any:
         if self._hook is None:
-            self._hook = make_hook(self.aws_conn_id, self.region_name, "sagemaker", self.botocore_config)
+            self._hook = make_hook(self.aws_conn_id, self.region_name, "sagemaker", self.botocore_config,
+                                   self.verify)
         return self._hook
 
     @property
@@ -232,8 +201,8 @@ class SageMakerSpotBackend(SpotBackend):
         """The ``CreateTrainingJob`` arguments of one attempt."""
         contract = request.contract
         prefix = contract.checkpoint_uri.rstrip("/")
-        env = {**self.environment, **contract.to_env(), C.CHECKPOINT_URI: self.checkpoint_local_path,
-               "SPOT_TRAINING_CHECKPOINT_S3_URI": prefix}
+        env = {**self.environment, **contract.to_env(), spot_contract.CHECKPOINT_URI: self.checkpoint_local_path,
+               "SPOT_TRAINING_CHECKPOINT_S3_URI": prefix, **spot_contract.secret_refs_env(self.secrets)}
         spot = request.capacity is Capacity.SPOT
         algorithm: dict[str, Any] = {"TrainingImage": self.image_uri, "TrainingInputMode": "File"}
         if self.command:
@@ -266,7 +235,7 @@ class SageMakerSpotBackend(SpotBackend):
             params["VpcConfig"] = self.vpc_config
         return params
 
-    def launch(self, request: LaunchRequest) -> dict[str, Any]:
+    def launch(self, request: LaunchRequest) -> SageMakerHandle:
         handle = self.find(request)
         if handle is not None:
             return handle
@@ -278,7 +247,7 @@ class SageMakerSpotBackend(SpotBackend):
             raise self._action_required(e, request) from e
         return self._handle(request)
 
-    def find(self, request: LaunchRequest) -> dict[str, Any] | None:
+    def find(self, request: LaunchRequest) -> SageMakerHandle | None:
         """The attempt's job, if it was created: found by its deterministic name."""
         try:
             self.client.describe_training_job(TrainingJobName=self.job_name(request))
@@ -289,17 +258,24 @@ class SageMakerSpotBackend(SpotBackend):
             raise
         return self._handle(request)
 
-    def _handle(self, request: LaunchRequest) -> dict[str, Any]:
-        return {
-            "backend": self.kind,
-            "job_name": self.job_name(request),
-            "region": str(self.hook.conn_region_name or ""),
-            "token": request.token,
-            "attempt": request.attempt,
-            "capacity": request.capacity.value,
-            "pool": f"{self.instance_type}x{self.instance_count}",
-            "instance_count": self.instance_count,
-        }
+    def _handle(self, request: LaunchRequest) -> SageMakerHandle:
+        return SageMakerHandle(
+            backend=self.kind, token=request.token, attempt=request.attempt, capacity=request.capacity.value,
+            launched_at=time.time(), pool=f"{self.instance_type}x{self.instance_count}",
+            job_name=self.job_name(request), region=str(self.hook.conn_region_name or ""),
+            partition=str(getattr(self.hook, "conn_partition", None) or "aws"), instance_count=self.instance_count,
+        )
+
+    def _typed(self, handle: AttemptHandle) -> SageMakerHandle:
+        job = self.load_handle(handle)
+        assert isinstance(job, SageMakerHandle)
+        return job
+
+    def attempt_links(self, handle: AttemptHandle) -> list[AttemptLink]:
+        job = self._typed(handle)
+        fields = {"aws_domain": console_domain(job.partition), "region_name": job.region, "job_name": job.job_name}
+        return [AttemptLink("SageMaker job", JOB_CONSOLE.format(**fields)),
+                AttemptLink("Logs", LOGS_CONSOLE.format(**fields))]
 
     def _action_required(self, error: Exception, request: LaunchRequest) -> CloudActionRequired:
         code, message = error_code(error), error_message(error)
@@ -323,52 +299,78 @@ class SageMakerSpotBackend(SpotBackend):
     # =====================================================================================
     # watching
     # =====================================================================================
-    def describe(self, handle: dict[str, Any]) -> AttemptStatus:
-        return classify_training_job(self.client.describe_training_job(TrainingJobName=handle["job_name"]), handle)
+    def describe(self, handle: AttemptHandle) -> AttemptStatus:
+        job = self._typed(handle)
+        return classify_training_job(self.client.describe_training_job(TrainingJobName=job.job_name), job)
 
-    async def poll(self, handle: dict[str, Any]) -> AttemptStatus:
+    async def poll(self, handle: AttemptHandle) -> AttemptStatus:
+        job = self._typed(handle)
         async with await self.hook.get_async_conn() as client:
-            job = await client.describe_training_job(TrainingJobName=handle["job_name"])
-        return classify_training_job(job, handle)
+            description = await client.describe_training_job(TrainingJobName=job.job_name)
+        return classify_training_job(description, job)
 
     # =====================================================================================
     # stopping
     # =====================================================================================
-    def stop(self, handle: dict[str, Any]) -> None:
+    def stop(self, handle: AttemptHandle) -> None:
         try:
-            self.client.stop_training_job(TrainingJobName=handle["job_name"])
+            self.client.stop_training_job(TrainingJobName=self._typed(handle).job_name)
         except Exception as e:
             if error_code(e) != "ValidationException":  # already stopped or finished
                 raise
 
-    async def astop(self, handle: dict[str, Any]) -> None:
+    async def astop(self, handle: AttemptHandle) -> None:
+        job_name = self._typed(handle).job_name
         async with await self.hook.get_async_conn() as client:
             try:
-                await client.stop_training_job(TrainingJobName=handle["job_name"])
+                await client.stop_training_job(TrainingJobName=job_name)
             except Exception as e:
                 if error_code(e) != "ValidationException":
                     raise
 
-    def price_per_hour(self, handle: dict[str, Any], capacity: Capacity) -> float | None:
+    def price_per_hour(self, handle: AttemptHandle | None, capacity: Capacity) -> float | None:
         """Both capacities bill at the on-demand rate; spot savings show as fewer billable seconds."""
         if self.on_demand_price_per_hour is None:
             return None
         return float(self.on_demand_price_per_hour) * self.instance_count
 
 
-def classify_training_job(job: dict[str, Any], handle: dict[str, Any]) -> AttemptStatus:
+def classify_training_job(job: dict[str, Any], handle: SageMakerHandle) -> AttemptStatus:
     """Map a ``DescribeTrainingJob`` response to an attempt status.
 
     Preemptions are the ``SecondaryStatusTransitions`` entries with ``Status ==
-    "Interrupted"``; ``StatusMessage`` text is never read.
+    "Interrupted"``; ``StatusMessage`` text is never read. A job that failed with a
+    ``FailureReason`` starting ``CapacityError`` (SageMaker's documented prefix for
+    ``InsufficientCapacityError``) found no capacity.
     """
     transitions = job.get("SecondaryStatusTransitions") or []
     preemptions = sum(1 for t in transitions if t.get("Status") == INTERRUPTED)
     status = job.get("TrainingJobStatus", "")
     secondary = job.get("SecondaryStatus", "")
-    count = int(handle.get("instance_count") or 1)
-    details: dict[str, Any] = {"job_name": handle.get("job_name"), "secondary_status": secondary,
-                               "interruptions": preemptions}
+    details = _job_details(job, handle, secondary, preemptions)
+    common: dict[str, Any] = {"preemptions": preemptions, "started_at": epoch_seconds(job.get("TrainingStartTime")),
+                              "details": details}
+    ended = epoch_seconds(job.get("TrainingEndTime"))
+    if status in ("InProgress", "Stopping"):
+        state = AttemptState.PENDING if secondary in STARTING_SECONDARY else AttemptState.RUNNING
+        return AttemptStatus(state=state, reason=f"{status}/{secondary}", **common)
+    if status == "Completed":
+        return AttemptStatus(state=AttemptState.SUCCEEDED, reason="Completed", ended_at=ended, **common)
+    if secondary == MAX_WAIT_EXCEEDED:
+        return AttemptStatus(state=AttemptState.CAPACITY_UNAVAILABLE, ended_at=ended,
+                             reason="MaxWaitTimeExceeded: spot capacity did not let the job finish in max_wait",
+                             **common)
+    if status == "Stopped":
+        return AttemptStatus(state=AttemptState.STOPPED, reason=f"Stopped/{secondary}", ended_at=ended, **common)
+    reason = job.get("FailureReason") or f"{status}/{secondary}"
+    state = AttemptState.CAPACITY_UNAVAILABLE if reason.startswith("CapacityError") else AttemptState.FAILED
+    return AttemptStatus(state=state, reason=reason, ended_at=ended, **common)
+
+
+def _job_details(job: dict[str, Any], handle: SageMakerHandle, secondary: str, interruptions: int) -> dict[str, Any]:
+    count = int(handle.instance_count or 1)
+    details: dict[str, Any] = {"job_name": handle.job_name, "secondary_status": secondary,
+                               "interruptions": interruptions}
     training = job.get("TrainingTimeInSeconds")
     billable = job.get("BillableTimeInSeconds")
     if training is not None:
@@ -377,29 +379,7 @@ def classify_training_job(job: dict[str, Any], handle: dict[str, Any]) -> Attemp
         details["billable_seconds"] = float(billable) * count
         if training:
             details["measured_savings"] = round(1 - float(billable) / float(training), 6)
-    started = _epoch(job.get("TrainingStartTime"))
-    ended = _epoch(job.get("TrainingEndTime"))
-    common = {"preemptions": preemptions, "started_at": started, "details": details}
-    if status == "InProgress" or status == "Stopping":
-        state = PENDING if secondary in STARTING_SECONDARY else RUNNING
-        return AttemptStatus(state=state, reason=f"{status}/{secondary}", **common)
-    if status == "Completed":
-        return AttemptStatus(state=SUCCEEDED, reason="Completed", ended_at=ended, **common)
-    if secondary == MAX_WAIT_EXCEEDED:
-        return AttemptStatus(state=CAPACITY_UNAVAILABLE, ended_at=ended,
-                             reason="MaxWaitTimeExceeded: spot capacity did not let the job finish in max_wait",
-                             **common)
-    if status == "Stopped":
-        return AttemptStatus(state=STOPPED, reason=f"Stopped/{secondary}", ended_at=ended, **common)
-    reason = job.get("FailureReason") or f"{status}/{secondary}"
-    return AttemptStatus(state=FAILED, reason=reason, ended_at=ended, **common)
-
-
-def _epoch(value: Any) -> float | None:
-    if value is None:
-        return None
-    if hasattr(value, "timestamp"):
-        return float(value.timestamp())
-    if isinstance(value, (int, float)):
-        return float(value)
-    return None
+    model = (job.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+    if model:
+        details["model_uri"] = model
+    return details

@@ -37,24 +37,28 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
+import re
 import time
+from dataclasses import dataclass
 from typing import Any
+
+from pydantic import PositiveFloat, field_validator, model_validator
 
 from airflow_spot_training.backends import google_cloud as gc
 from airflow_spot_training.backends.base import (
-    CAPACITY_UNAVAILABLE,
-    FAILED,
-    PENDING,
-    PREEMPTED,
-    RUNNING,
-    STOPPED,
-    SUCCEEDED,
+    AttemptHandle,
+    AttemptLink,
+    AttemptState,
     AttemptStatus,
     BackendConfigError,
     CloudActionRequired,
     LaunchRequest,
     SpotBackend,
+    argument,
+    check_env_names,
 )
+from airflow_spot_training.core.contract import secret_refs_env
+from airflow_spot_training.core.epoch import epoch_seconds
 from airflow_spot_training.core.policy import Capacity
 
 NAME_PREFIX = "spot-training"
@@ -75,6 +79,10 @@ FIELD_TO_ARGUMENT = {
     "labels": "labels",
     "location": "region",
 }
+JOB_CONSOLE = gc.CONSOLE + "/vertex-ai/locations/{region}/training/{job_id}/cpu?project={project}"
+LOGS_CONSOLE = (gc.CONSOLE + "/logs/query;query=resource.type%3D%22ml_job%22%0Aresource.labels.job_id%3D%22{job_id}"
+                "%22?project={project}")
+REGION_RE = re.compile(r"^[a-z]+-[a-z]+\d+$")
 
 
 def base_output_directory(checkpoint_prefix: str) -> str:
@@ -90,176 +98,115 @@ def base_output_directory(checkpoint_prefix: str) -> str:
     return posixpath.dirname(prefix)
 
 
+@dataclass(frozen=True, kw_only=True)
+class VertexAIHandle(AttemptHandle):
+    """One Vertex AI CustomJob running one attempt."""
+
+    name: str
+    display_name: str = ""
+    project: str = ""
+    region: str = ""
+
+    @property
+    def job_id(self) -> str:
+        return self.name.rsplit("/", 1)[-1]
+
+
 class VertexAISpotBackend(SpotBackend):
     """Run each attempt as a Vertex AI CustomJob on spot capacity, then on standard capacity.
 
     Give either ``machine_type`` + ``image_uri`` (one worker pool) or ``worker_pool_specs``.
-
-    :param region: the Vertex AI region, e.g. ``"us-central1"``.
-    :param machine_type: machine type of the single worker pool, e.g. ``"n1-standard-8"``.
-    :param image_uri: the training container image.
-    :param command: the container's entrypoint override.
-    :param args: the container's arguments.
-    :param accelerator_type: e.g. ``"NVIDIA_TESLA_T4"``; ``None`` for none.
-    :param accelerator_count: accelerators per replica.
-    :param replica_count: replicas of the single worker pool.
-    :param worker_pool_specs: full ``WorkerPoolSpec`` dicts (JSON-safe), instead of the above.
-    :param env: extra environment variables for every container (the contract is added).
-    :param service_account: the service account the job runs as.
-    :param network: the VPC network to peer, ``projects/<number>/global/networks/<name>``.
-    :param labels: extra labels for the job.
-    :param timeout_seconds: ``scheduling.timeout`` of each job.
-    :param max_pending_seconds: a spot job still queued or pending after this long is
-        cancelled and reported as "no spot capacity"; ``None`` waits for as long as Vertex does.
-    :param restart_job_on_worker_restart: ``scheduling.restart_job_on_worker_restart``.
-    :param project_id: the project; default: the project of the connection.
-    :param gcp_conn_id: the Airflow connection with the credentials.
-    :param impersonation_chain: a service account to impersonate (or a chain).
-    :param emulator_host: ``host:port`` of an emulator of the Vertex AI JobService
-        (plain gRPC, no credentials). For tests.
-    :param storage_options: gcsfs options for reading the checkpoint prefix.
-    :param spot_price_per_hour: price of the job's machines on spot, for cost estimates.
-    :param on_demand_price_per_hour: price on standard capacity, for cost and savings.
     """
 
     kind = "vertex_ai"
+    handle_type = VertexAIHandle
     default_restart_overhead = 180.0
+    link_labels = ("Vertex AI job", "Logs")
+    checkpoint_schemes = frozenset({"gs", "file"})
 
-    def __init__(
-        self,
-        *,
-        region: str | None = None,
-        machine_type: str | None = None,
-        image_uri: str | None = None,
-        command: list[str] | None = None,
-        args: list[str] | None = None,
-        accelerator_type: str | None = None,
-        accelerator_count: int = 0,
-        replica_count: int = 1,
-        worker_pool_specs: list[dict[str, Any]] | None = None,
-        env: dict[str, str] | None = None,
-        service_account: str | None = None,
-        network: str | None = None,
-        labels: dict[str, str] | None = None,
-        timeout_seconds: float | None = None,
-        max_pending_seconds: float | None = 1800.0,
-        restart_job_on_worker_restart: bool = False,
-        project_id: str | None = None,
-        gcp_conn_id: str = gc.DEFAULT_CONN_ID,
-        impersonation_chain: str | list[str] | None = None,
-        emulator_host: str | None = None,
-        storage_options: dict[str, Any] | None = None,
-        spot_price_per_hour: float | None = None,
-        on_demand_price_per_hour: float | None = None,
-    ) -> None:
-        self.region = region
-        self.machine_type = machine_type
-        self.image_uri = image_uri
-        self.command = list(command) if command is not None else None
-        self.args = list(args) if args is not None else None
-        self.accelerator_type = accelerator_type
-        self.accelerator_count = accelerator_count
-        self.replica_count = replica_count
-        self.worker_pool_specs = worker_pool_specs
-        self.env = dict(env or {})
-        self.service_account = service_account
-        self.network = network
-        self.labels = dict(labels or {})
-        self.timeout_seconds = timeout_seconds
-        self.max_pending_seconds = max_pending_seconds
-        self.restart_job_on_worker_restart = restart_job_on_worker_restart
-        self.project_id = project_id
-        self.gcp_conn_id = gcp_conn_id
-        self.impersonation_chain = impersonation_chain
-        self.emulator_host = emulator_host
-        self._storage_options = storage_options
-        self.spot_price_per_hour = spot_price_per_hour
-        self.on_demand_price_per_hour = on_demand_price_per_hour
-        self._client: tuple[Any, str] | None = None
-        self._async_client: tuple[Any, Any, str] | None = None  # (loop, client, project)
-        self.validate()
+    region: str = argument(doc="the Vertex AI region, e.g. 'us-central1'")
+    machine_type: str | None = argument(
+        None, "machine type of the single worker pool, e.g. 'n1-standard-8'", templated=True)
+    image_uri: str | None = argument(None, "the training container image", templated=True)
+    command: list[str] | None = argument(None, "the container's entrypoint override", templated=True)
+    args: list[str] | None = argument(None, "the container's arguments", templated=True)
+    accelerator_type: str | None = argument(None, "e.g. 'NVIDIA_TESLA_T4'; None for none")
+    accelerator_count: int = argument(0, "accelerators per replica", ge=0)
+    replica_count: int = argument(1, "replicas of the single worker pool", ge=1)
+    worker_pool_specs: list[dict[str, Any]] | None = argument(
+        None, "full WorkerPoolSpec dicts (JSON-safe), instead of machine_type/image_uri/...")
+    env: dict[str, str] = argument(
+        {}, "extra environment variables for every container (the contract is added); visible in the job "
+            "spec, so pass secrets through secrets=", templated=True)
+    secrets: dict[str, str] = argument(
+        {}, "environment variables the training resolves from Secret Manager at start "
+            "(runtime.read_contract()): {'HF_TOKEN': 'projects/p/secrets/hf-token/versions/latest'}")
+    service_account: str | None = argument(None, "the service account the job runs as")
+    network: str | None = argument(None, "the VPC network to peer, projects/<number>/global/networks/<name>")
+    labels: dict[str, str] = argument({}, "extra labels for the job")
+    timeout_seconds: PositiveFloat | None = argument(None, "scheduling.timeout of each job")
+    max_pending_seconds: PositiveFloat | None = argument(
+        1800.0, "a spot job still queued or pending after this long is reported as 'no spot capacity' (and "
+                "cancelled); None waits for as long as Vertex does")
+    restart_job_on_worker_restart: bool = argument(False, "scheduling.restart_job_on_worker_restart")
+    project_id: str | None = argument(None, "the project; default: the project of the connection")
+    gcp_conn_id: str = argument(gc.DEFAULT_CONN_ID, "the Airflow connection with the credentials", min_length=1)
+    impersonation_chain: str | list[str] | None = argument(
+        None, "a service account to impersonate (or a chain)")
+    emulator_host: str | None = argument(
+        None, "host:port of an emulator of the Vertex AI JobService (plain gRPC, no credentials). For tests")
+    storage_options: dict[str, Any] | None = argument(None, "gcsfs options for reading the checkpoint prefix")
+    spot_price_per_hour: PositiveFloat | None = argument(
+        None, "price of the job's machines on spot, for cost estimates")
+    on_demand_price_per_hour: PositiveFloat | None = argument(
+        None, "price on standard capacity, for cost and savings")
 
-    def __getstate__(self) -> dict[str, Any]:
-        # clients hold channels and credentials: never copy or pickle them with the DAG
-        return {**self.__dict__, "_client": None, "_async_client": None}
+    _client: Any = None
+    _async_client: Any = None  # (loop, client, project)
 
-    # -- configuration -------------------------------------------------------------------
-    def serialize_kwargs(self) -> dict[str, Any]:
-        return {
-            "region": self.region,
-            "machine_type": self.machine_type,
-            "image_uri": self.image_uri,
-            "command": self.command,
-            "args": self.args,
-            "accelerator_type": self.accelerator_type,
-            "accelerator_count": self.accelerator_count,
-            "replica_count": self.replica_count,
-            "worker_pool_specs": self.worker_pool_specs,
-            "env": self.env,
-            "service_account": self.service_account,
-            "network": self.network,
-            "labels": self.labels,
-            "timeout_seconds": self.timeout_seconds,
-            "max_pending_seconds": self.max_pending_seconds,
-            "restart_job_on_worker_restart": self.restart_job_on_worker_restart,
-            "project_id": self.project_id,
-            "gcp_conn_id": self.gcp_conn_id,
-            "impersonation_chain": self.impersonation_chain,
-            "emulator_host": self.emulator_host,
-            "storage_options": self._storage_options,
-            "spot_price_per_hour": self.spot_price_per_hour,
-            "on_demand_price_per_hour": self.on_demand_price_per_hour,
-        }
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not REGION_RE.fullmatch(value):
+            raise ValueError("give a Vertex AI region such as 'us-central1'.")
+        return value
 
-    def validate(self) -> None:
-        import re
+    @field_validator("env", "secrets")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return dict(check_env_names(value))
 
-        if not isinstance(self.region, str) or not re.fullmatch(r"[a-z]+-[a-z]+\d+", self.region):
-            raise BackendConfigError(
-                f"VertexAISpotBackend needs region='...', a Vertex AI region such as 'us-central1' "
-                f"(got {self.region!r}).")
+    @model_validator(mode="after")
+    def _one_shape(self) -> VertexAISpotBackend:
         if self.worker_pool_specs is not None:
             if self.machine_type or self.image_uri:
-                raise BackendConfigError(
-                    "give either worker_pool_specs=[...] or machine_type= and image_uri=, not both.")
-            if not isinstance(self.worker_pool_specs, list) or not self.worker_pool_specs \
-                    or not all(isinstance(s, dict) for s in self.worker_pool_specs):
-                raise BackendConfigError(
-                    "worker_pool_specs must be a non-empty list of WorkerPoolSpec dicts.")
+                raise ValueError("give either worker_pool_specs=[...] or machine_type= and image_uri=, not both.")
+            if not self.worker_pool_specs:
+                raise ValueError("worker_pool_specs must be a non-empty list of WorkerPoolSpec dicts.")
             self._worker_pool_specs({})  # raises on fields Vertex does not know
-        else:
-            if not self.machine_type:
-                raise BackendConfigError(
-                    "VertexAISpotBackend needs machine_type='...' (e.g. 'n1-standard-8'), "
-                    "or worker_pool_specs=[...].")
-            if not self.image_uri:
-                raise BackendConfigError("VertexAISpotBackend needs image_uri='...': the training container "
-                                         "image, e.g. 'us-docker.pkg.dev/my-project/train/trainer:1'.")
-        for name, value in (("command", self.command), ("args", self.args)):
-            if value is not None and not all(isinstance(a, str) for a in value):
-                raise BackendConfigError(f"{name} must be a list of strings.")
-        if not isinstance(self.accelerator_count, int) or self.accelerator_count < 0:
-            raise BackendConfigError(
-                f"accelerator_count={self.accelerator_count!r} must be 0 or a positive integer.")
+        elif not self.machine_type:
+            raise ValueError("give machine_type='...' (e.g. 'n1-standard-8'), or worker_pool_specs=[...].")
+        elif not self.image_uri:
+            raise ValueError("give image_uri='...': the training container image, e.g. "
+                             "'us-docker.pkg.dev/my-project/train/trainer:1'.")
         if self.accelerator_count and not self.accelerator_type:
-            raise BackendConfigError("accelerator_count is set but accelerator_type is not; give "
-                                     "accelerator_type='NVIDIA_TESLA_T4' (for example).")
-        if not isinstance(self.replica_count, int) or self.replica_count < 1:
-            raise BackendConfigError(f"replica_count={self.replica_count!r} must be a positive integer.")
-        for name, value in (("timeout_seconds", self.timeout_seconds),
-                            ("max_pending_seconds", self.max_pending_seconds)):
-            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-                raise BackendConfigError(f"{name}={value!r} must be a positive number of seconds, or None.")
-        for name, mapping in (("env", self.env), ("labels", self.labels)):
-            if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
-                raise BackendConfigError(f"{name} must map strings to strings.")
-        gc.validate_common(project_id=self.project_id, gcp_conn_id=self.gcp_conn_id,
-                           emulator_host=self.emulator_host, storage_options=self._storage_options)
+            raise ValueError("accelerator_count is set but accelerator_type is not; give "
+                             "accelerator_type='NVIDIA_TESLA_T4' (for example).")
+        gc.validate_common(project_id=self.project_id, emulator_host=self.emulator_host)
+        return self
 
-    def storage_options(self) -> dict[str, Any]:
-        return dict(self._storage_options or {})
+    def checkpoint_storage_options(self) -> dict[str, Any]:
+        return dict(self.storage_options or {})
 
-    def price_per_hour(self, handle: dict[str, Any], capacity: Capacity) -> float | None:
+    def default_checkpoint_prefix(self, task_prefix: str) -> str:
+        """``<task prefix>/checkpoints``: Vertex's ``AIP_CHECKPOINT_DIR`` is then the prefix."""
+        return f"{task_prefix.rstrip('/')}/{CHECKPOINT_DIR}"
+
+    def check_checkpoint_prefix(self, prefix: str) -> None:
+        super().check_checkpoint_prefix(prefix)
+        base_output_directory(prefix)
+
+    def price_per_hour(self, handle: AttemptHandle | None, capacity: Capacity) -> float | None:
         return self.spot_price_per_hour if capacity is Capacity.SPOT else self.on_demand_price_per_hour
 
     # -- clients -------------------------------------------------------------------------
@@ -366,7 +313,8 @@ class VertexAISpotBackend(SpotBackend):
         if self.timeout_seconds:
             scheduling.timeout = duration_pb2.Duration(seconds=int(self.timeout_seconds))
         spec = cj.CustomJobSpec(
-            worker_pool_specs=self._worker_pool_specs({**self.env, **request.contract.to_env()}),
+            worker_pool_specs=self._worker_pool_specs(
+                {**self.env, **request.contract.to_env(), **secret_refs_env(self.secrets)}),
             base_output_directory={
                 "output_uri_prefix": base_output_directory(request.contract.checkpoint_uri)},
             scheduling=scheduling,
@@ -378,22 +326,28 @@ class VertexAISpotBackend(SpotBackend):
         return cj.CustomJob(display_name=gc.attempt_name(NAME_PREFIX, request), job_spec=spec,
                             labels=gc.resource_labels(request, self.labels))
 
-    def _handle(self, request: LaunchRequest, job: Any, project: str) -> dict[str, Any]:
-        return {
-            "backend": self.kind,
-            "name": job.name,
-            "display_name": job.display_name,
-            "project": project,
-            "region": self.region,
-            "token": request.token,
-            "attempt": request.attempt,
-            "capacity": request.capacity.value,
-            "pool": self.region,
-            "launched_at": time.time(),
-        }
+    def _handle(self, request: LaunchRequest, job: Any, project: str) -> VertexAIHandle:
+        return VertexAIHandle(
+            backend=self.kind, token=request.token, attempt=request.attempt, capacity=request.capacity.value,
+            launched_at=time.time(), pool=self.region, name=job.name, display_name=job.display_name,
+            project=project, region=self.region,
+        )
+
+    def _typed(self, handle: AttemptHandle) -> VertexAIHandle:
+        job = self.load_handle(handle)
+        assert isinstance(job, VertexAIHandle)
+        return job
+
+    def attempt_links(self, handle: AttemptHandle) -> list[AttemptLink]:
+        job = self._typed(handle)
+        if "/customJobs/" not in job.name:
+            return []
+        fields = {"region": job.region, "job_id": job.job_id, "project": job.project}
+        return [AttemptLink("Vertex AI job", JOB_CONSOLE.format(**fields)),
+                AttemptLink("Logs", LOGS_CONSOLE.format(**fields))]
 
     # -- worker side ---------------------------------------------------------------------
-    def launch(self, request: LaunchRequest) -> dict[str, Any]:
+    def launch(self, request: LaunchRequest) -> VertexAIHandle:
         try:
             job = self._custom_job(request)
         except BackendConfigError as e:
@@ -403,114 +357,103 @@ class VertexAISpotBackend(SpotBackend):
             return existing
         client, project = self._connect()
         try:
-            created = client.create_custom_job(parent=self._parent(project), custom_job=job)
+            created = client.create_custom_job(parent=self._parent(project), custom_job=job,
+                                               retry=gc.rate_limit_retry())
         except Exception as e:
             raise self._translate(e, f"creating CustomJob {job.display_name}", project) from e
         return self._handle(request, created, project)
 
-    def find(self, request: LaunchRequest) -> dict[str, Any] | None:
+    def find(self, request: LaunchRequest) -> VertexAIHandle | None:
         client, project = self._connect()
         token = gc.label_value(request.token)
         try:
             jobs = list(client.list_custom_jobs(request={
-                "parent": self._parent(project), "filter": f'labels.spot-training-token="{token}"'}))
+                "parent": self._parent(project), "filter": f'labels.spot-training-token="{token}"'},
+                retry=gc.rate_limit_retry()))
         except Exception as e:
             raise self._translate(e, "listing CustomJobs", project) from e
         jobs = [j for j in jobs if j.labels.get("spot-training-token") == token]
         return self._handle(request, jobs[0], project) if jobs else None
 
-    def describe(self, handle: dict[str, Any]) -> AttemptStatus:
+    def describe(self, handle: AttemptHandle) -> AttemptStatus:
+        """The job's attempt status; read-only (a stuck spot job is cancelled by :meth:`stop`)."""
+        job_handle = self._typed(handle)
         client, project = self._connect()
         try:
-            job = client.get_custom_job(name=handle["name"])
+            job = client.get_custom_job(name=job_handle.name, retry=gc.rate_limit_retry())
         except Exception as e:
-            raise self._translate(e, f"reading CustomJob {handle['name']}", project) from e
-        status, cancel = job_status(job, handle, self.max_pending_seconds)
-        if cancel:
-            self.stop(handle)
-        return status
+            raise self._translate(e, f"reading CustomJob {job_handle.name}", project) from e
+        return job_status(job, job_handle, self.max_pending_seconds)
 
-    def stop(self, handle: dict[str, Any]) -> None:
+    def stop(self, handle: AttemptHandle) -> None:
         from google.api_core import exceptions as gexc
 
+        name = self._typed(handle).name
         client, project = self._connect()
         try:
-            client.cancel_custom_job(name=handle["name"])
+            client.cancel_custom_job(name=name, retry=gc.rate_limit_retry())
         except (gexc.FailedPrecondition, gexc.NotFound):
             pass  # already final, or gone
         except Exception as e:
-            raise self._translate(e, f"cancelling CustomJob {handle['name']}", project) from e
+            raise self._translate(e, f"cancelling CustomJob {name}", project) from e
 
     # -- triggerer side ------------------------------------------------------------------
-    async def poll(self, handle: dict[str, Any]) -> AttemptStatus:
+    async def poll(self, handle: AttemptHandle) -> AttemptStatus:
+        job_handle = self._typed(handle)
         client, project = await self._aconnect()
         try:
-            job = await client.get_custom_job(name=handle["name"])
+            job = await client.get_custom_job(name=job_handle.name, retry=gc.rate_limit_retry_async())
         except Exception as e:
-            raise self._translate(e, f"reading CustomJob {handle['name']}", project) from e
-        status, cancel = job_status(job, handle, self.max_pending_seconds)
-        if cancel:
-            await self.astop(handle)
-        return status
+            raise self._translate(e, f"reading CustomJob {job_handle.name}", project) from e
+        return job_status(job, job_handle, self.max_pending_seconds)
 
-    async def astop(self, handle: dict[str, Any]) -> None:
+    async def astop(self, handle: AttemptHandle) -> None:
         from google.api_core import exceptions as gexc
 
+        name = self._typed(handle).name
         client, project = await self._aconnect()
         try:
-            await client.cancel_custom_job(name=handle["name"])
+            await client.cancel_custom_job(name=name, retry=gc.rate_limit_retry_async())
         except (gexc.FailedPrecondition, gexc.NotFound):
             pass
         except Exception as e:
-            raise self._translate(e, f"cancelling CustomJob {handle['name']}", project) from e
+            raise self._translate(e, f"cancelling CustomJob {name}", project) from e
 
     def _translate(self, e: Exception, action: str, project: str | None) -> Exception:
         return gc.translate_http_error(e, service="Vertex AI", action=action, project=project,
                                        field_to_argument=FIELD_TO_ARGUMENT)
 
 
-def job_status(job: Any, handle: dict[str, Any],
-               max_pending_seconds: float | None) -> tuple[AttemptStatus, bool]:
-    """Map a CustomJob to an :class:`AttemptStatus`; the flag says "cancel it" (a stuck spot job)."""
+def job_status(job: Any, handle: VertexAIHandle, max_pending_seconds: float | None) -> AttemptStatus:
+    """Map a CustomJob to an :class:`AttemptStatus` (a spot job pending too long: capacity unavailable)."""
     from google.cloud.aiplatform_v1.types import job_state
 
-    S = job_state.JobState
+    states = job_state.JobState
     state = job.state
-    spot = handle.get("capacity") == Capacity.SPOT.value
-    started = _epoch(job.start_time)
-    ended = _epoch(job.end_time)
-    details = {"job": job.name, "state": S(state).name, "region": handle.get("region")}
-    common = {"started_at": started, "ended_at": ended, "details": details}
-    if state == S.JOB_STATE_SUCCEEDED:
-        return AttemptStatus(state=SUCCEEDED, reason="JOB_STATE_SUCCEEDED", **common), False
-    if state in (S.JOB_STATE_RUNNING, S.JOB_STATE_UPDATING):
-        return AttemptStatus(state=RUNNING, reason=S(state).name, **common), False
-    if state in (S.JOB_STATE_QUEUED, S.JOB_STATE_PENDING, S.JOB_STATE_PAUSED, S.JOB_STATE_UNSPECIFIED):
-        waited = time.time() - (_epoch(job.create_time) or handle.get("launched_at") or time.time())
+    spot = handle.capacity == Capacity.SPOT.value
+    started = epoch_seconds(job.start_time)
+    details = {"job": job.name, "state": states(state).name, "region": handle.region}
+    common: dict[str, Any] = {"started_at": started, "ended_at": epoch_seconds(job.end_time), "details": details}
+    if state == states.JOB_STATE_SUCCEEDED:
+        return AttemptStatus(state=AttemptState.SUCCEEDED, reason="JOB_STATE_SUCCEEDED", **common)
+    if state in (states.JOB_STATE_RUNNING, states.JOB_STATE_UPDATING):
+        return AttemptStatus(state=AttemptState.RUNNING, reason=states(state).name, **common)
+    if state in (states.JOB_STATE_QUEUED, states.JOB_STATE_PENDING, states.JOB_STATE_PAUSED,
+                 states.JOB_STATE_UNSPECIFIED):
+        waited = time.time() - (epoch_seconds(job.create_time) or handle.launched_at or time.time())
         if spot and max_pending_seconds is not None and waited >= max_pending_seconds:
-            reason = (f"the spot job was still {S(state).name} after {waited:.0f} s "
-                      f"(max_pending_seconds={max_pending_seconds:g}): no spot capacity; cancelled")
-            return AttemptStatus(state=CAPACITY_UNAVAILABLE, reason=reason, **common), True
-        return AttemptStatus(state=PENDING, reason=S(state).name, **common), False
-    if state in (S.JOB_STATE_CANCELLING, S.JOB_STATE_CANCELLED):
-        return AttemptStatus(state=STOPPED, reason=S(state).name, **common), False
+            reason = (f"the spot job was still {states(state).name} after {waited:.0f} s "
+                      f"(max_pending_seconds={max_pending_seconds:g}): no spot capacity")
+            return AttemptStatus(state=AttemptState.CAPACITY_UNAVAILABLE, reason=reason, **common)
+        return AttemptStatus(state=AttemptState.PENDING, reason=states(state).name, **common)
+    if state in (states.JOB_STATE_CANCELLING, states.JOB_STATE_CANCELLED):
+        return AttemptStatus(state=AttemptState.STOPPED, reason=states(state).name, **common)
     code, message = job.error.code, job.error.message
     details["error_code"] = code
-    if state == S.JOB_STATE_FAILED and spot and code in SPOT_RECLAIM_CODES:
+    if state == states.JOB_STATE_FAILED and spot and code in SPOT_RECLAIM_CODES:
         what = f"{SPOT_RECLAIM_CODES[code]} on a SPOT job: {message}"
         if started is not None:
-            status = AttemptStatus(state=PREEMPTED, reason=f"preempted ({what})", preemptions=1, **common)
-            return status, False
-        return AttemptStatus(state=CAPACITY_UNAVAILABLE, reason=f"no spot capacity ({what})", **common), False
-    reason = f"{S(state).name}: error code {code}: {message}" if code else S(state).name
-    return AttemptStatus(state=FAILED, reason=reason, **common), False
-
-
-def _epoch(ts: Any) -> float | None:
-    if ts is None:
-        return None
-    if hasattr(ts, "timestamp"):  # proto-plus gives DatetimeWithNanoseconds
-        value = ts.timestamp()
-        return value if value > 0 else None
-    seconds = getattr(ts, "seconds", 0) + getattr(ts, "nanos", 0) / 1e9
-    return seconds or None
+            return AttemptStatus(state=AttemptState.PREEMPTED, reason=f"preempted ({what})", preemptions=1, **common)
+        return AttemptStatus(state=AttemptState.CAPACITY_UNAVAILABLE, reason=f"no spot capacity ({what})", **common)
+    reason = f"{states(state).name}: error code {code}: {message}" if code else states(state).name
+    return AttemptStatus(state=AttemptState.FAILED, reason=reason, **common)

@@ -8,8 +8,9 @@ training side reads them with :func:`read_contract`; nothing here imports Airflo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 CHECKPOINT_URI = "SPOT_TRAINING_CHECKPOINT_URI"
@@ -18,8 +19,11 @@ CAPACITY = "SPOT_TRAINING_CAPACITY"
 PREEMPTIONS = "SPOT_TRAINING_PREEMPTIONS"
 RUN_KEY = "SPOT_TRAINING_RUN_KEY"
 RESULT_URI = "SPOT_TRAINING_RESULT_URI"
+TOKEN = "SPOT_TRAINING_TOKEN"
+#: JSON object {ENV_NAME: secret reference}: resolved on the machine, never sent as values
+SECRETS = "SPOT_TRAINING_SECRETS"
 
-ALL = (CHECKPOINT_URI, ATTEMPT, CAPACITY, PREEMPTIONS, RUN_KEY, RESULT_URI)
+ALL = (CHECKPOINT_URI, ATTEMPT, CAPACITY, PREEMPTIONS, RUN_KEY, RESULT_URI, TOKEN, SECRETS)
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,10 @@ class Contract:
     :param preemptions: preemptions counted before this attempt started.
     :param run_key: an id that is stable across attempts and retries of the task.
     :param result_uri: where a bootstrap script writes the attempt's result record.
+    :param token: the attempt's token; result, progress and commit records carry it, so a
+        record left at the same prefix by another run is never taken for this attempt's.
+    :param secrets: environment variables to resolve on the machine from a secret store:
+        ``{name: reference}`` (AWS Secrets Manager ARN or name, GCP Secret Manager resource).
     """
 
     checkpoint_uri: str
@@ -41,16 +49,26 @@ class Contract:
     preemptions: int
     run_key: str
     result_uri: str = ""
+    token: str = ""
+    secrets: Mapping[str, str] = field(default_factory=dict)
 
     def to_env(self) -> dict[str, str]:
-        return {
+        env = {
             CHECKPOINT_URI: self.checkpoint_uri,
             ATTEMPT: str(self.attempt),
             CAPACITY: self.capacity,
             PREEMPTIONS: str(self.preemptions),
             RUN_KEY: self.run_key,
             RESULT_URI: self.result_uri,
+            TOKEN: self.token,
         }
+        env.update(secret_refs_env(self.secrets))
+        return env
+
+
+def secret_refs_env(secrets: Mapping[str, str] | None) -> dict[str, str]:
+    """The contract variable naming the secrets to resolve on the machine (empty when there are none)."""
+    return {SECRETS: json.dumps(dict(secrets), sort_keys=True)} if secrets else {}
 
 
 def read_contract(environ: Mapping[str, str] | None = None) -> Contract:
@@ -69,17 +87,20 @@ def read_contract(environ: Mapping[str, str] | None = None) -> Contract:
         preemptions=int(env.get(PREEMPTIONS, "0") or 0),
         run_key=env[RUN_KEY],
         result_uri=env.get(RESULT_URI, ""),
+        token=env.get(TOKEN, ""),
+        secrets=json.loads(env[SECRETS]) if env.get(SECRETS) else {},
     )
 
 
-def run_key(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
-    """A short, stable, case-sensitive ASCII id for one task instance.
+def run_key(dag_id: str, run_id: str, task_id: str, map_index: int = -1, deployment: str = "") -> str:
+    """A short, stable, case-sensitive ASCII id for one task instance of one deployment.
 
     Usable as a cloud idempotency token prefix, a job-name suffix and a label value:
-    lower-case hex only, 20 characters.
+    lower-case hex only, 20 characters. ``deployment`` (``[spot_training] deployment_id``)
+    salts it, so two Airflow deployments sharing an account never derive the same tokens.
     """
-    raw = f"{dag_id}\x1f{run_id}\x1f{task_id}\x1f{map_index}".encode()
-    return hashlib.sha256(raw).hexdigest()[:20]
+    parts = [dag_id, run_id, task_id, str(map_index)] + ([deployment] if deployment else [])
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:20]
 
 
 def attempt_token(key: str, attempt: int) -> str:

@@ -12,22 +12,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
+from airflow_spot_training.core.attempt import AttemptState, check_version
 from airflow_spot_training.core.policy import Capacity, Decision
 
-# Outcomes of an attempt.
-RUNNING = "running"
-LAUNCHING = "launching"
-SUCCEEDED = "succeeded"
-PREEMPTED = "preempted"
-FAILED = "failed"
-CAPACITY_UNAVAILABLE = "capacity_unavailable"
-STOPPED = "stopped"  # stopped by us: task killed, or moved back to spot
-FINAL_OUTCOMES = frozenset({SUCCEEDED, PREEMPTED, FAILED, CAPACITY_UNAVAILABLE, STOPPED})
-LIVE_OUTCOMES = frozenset({RUNNING, LAUNCHING})
-
-LEDGER_VERSION = 1
+#: version 2: typed outcomes, progress steps and links per attempt (version 1 ledgers still load)
+LEDGER_VERSION = 2
 
 
 @dataclass
@@ -38,7 +29,7 @@ class AttemptRecord:
     capacity: str
     token: str
     try_number: int
-    outcome: str = LAUNCHING
+    outcome: AttemptState = AttemptState.LAUNCHING
     reason: str = ""
     launched_at: float | None = None
     started_at: float | None = None
@@ -56,10 +47,24 @@ class AttemptRecord:
     training_seconds: float | None = None
     #: what the same seconds cost on on-demand capacity, per hour (for per-attempt savings)
     on_demand_price_per_hour: float | None = None
+    #: the last step the training reported executing (its progress record); beyond the last
+    #: checkpoint when a preemption cut the attempt short
+    progress_step: int | None = None
+    #: console and log pages of this attempt: ``[{"name": ..., "url": ...}]``
+    links: list[dict[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.outcome = AttemptState(self.outcome)
 
     @property
     def is_live(self) -> bool:
-        return self.outcome in LIVE_OUTCOMES
+        return self.outcome.is_live
+
+    @property
+    def reached_step(self) -> int | None:
+        """The furthest step this attempt is known to have executed."""
+        steps = [s for s in (self.start_step, self.checkpoint_step, self.progress_step) if s is not None]
+        return max(steps) if steps else None
 
     def seconds(self, now: float | None = None) -> float:
         begin = self.started_at if self.started_at is not None else self.launched_at
@@ -88,8 +93,13 @@ class AttemptRecord:
             return None
         return self.baseline_seconds(now) / 3600.0 * price - cost
 
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "outcome": self.outcome.value}
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AttemptRecord:
+    def from_dict(cls, data: Mapping[str, Any]) -> AttemptRecord:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"an attempt record must be a JSON object, got {data!r}")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -162,19 +172,21 @@ class RunLedger:
         return out
 
     def recomputed_steps(self) -> int:
-        """Steps trained more than once because a preemption lost work since a checkpoint.
+        """Step executions that repeated work an earlier attempt had already done.
 
-        For each attempt after the first: the steps between where the previous attempt
-        got to (its last committed step, or its reported step) and where this one resumed.
-        Only known when attempts report the step they resumed from.
+        An attempt that resumes from step ``start`` below the furthest step any earlier
+        attempt reached (its progress reports, else its last checkpoint) trains those steps
+        again, up to where it gets itself: ``min(reached, furthest_before) - start``. Steps
+        run three times count twice. Known as precisely as the training reports progress.
         """
         total = 0
-        reached: int | None = None
+        furthest: int | None = None
         for a in self.attempts:
-            if reached is not None and a.start_step is not None and a.start_step < reached:
-                total += reached - a.start_step
-            if a.checkpoint_step is not None:
-                reached = max(reached or 0, a.checkpoint_step)
+            reached = a.reached_step
+            if furthest is not None and a.start_step is not None and reached is not None:
+                total += max(0, min(reached, furthest) - a.start_step)
+            if reached is not None:
+                furthest = max(furthest or 0, reached)
         return total
 
     def next_attempt_number(self) -> int:
@@ -199,15 +211,23 @@ class RunLedger:
 
     # -- (de)serialization ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["attempts"] = [a.to_dict() for a in self.attempts]
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunLedger:
+    def from_dict(cls, data: Mapping[str, Any]) -> RunLedger:
+        """Load a stored ledger; version 1 ledgers load too, an unknown version is refused."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a spot-training ledger must be a JSON object, got {type(data).__name__}")
+        check_version("the spot-training ledger", data, (1, LEDGER_VERSION))
         data = dict(data)
-        attempts = [AttemptRecord.from_dict(a) for a in data.pop("attempts", [])]
-        escalations = [Escalation(**e) for e in data.pop("escalations", [])]
+        attempts = [AttemptRecord.from_dict(a) for a in data.pop("attempts", None) or []]
+        escalations = [Escalation(**e) for e in data.pop("escalations", None) or []]
         known = {f for f in cls.__dataclass_fields__}
-        ledger = cls(**{k: v for k, v in data.items() if k in known})
+        ledger = cls(**{k: v for k, v in data.items() if k in known and k != "version"})
+        if not isinstance(ledger.run_key, str) or not isinstance(ledger.checkpoint_prefix, str):
+            raise ValueError("a spot-training ledger needs a run_key and a checkpoint_prefix (strings)")
         ledger.attempts = attempts
         ledger.escalations = escalations
         return ledger
@@ -233,12 +253,13 @@ class RunLedger:
         return {
             "run_key": self.run_key,
             "checkpoint_prefix": self.checkpoint_prefix,
-            "outcome": final.outcome if final else None,
+            "version": self.version,
+            "outcome": final.outcome.value if final else None,
             "attempts": [
                 {
                     "number": a.number,
                     "capacity": a.capacity,
-                    "outcome": a.outcome,
+                    "outcome": a.outcome.value,
                     "reason": a.reason,
                     "started_at": a.started_at if a.started_at is not None else a.launched_at,
                     "ended_at": a.ended_at,
@@ -246,12 +267,14 @@ class RunLedger:
                     "preemptions": a.preemptions,
                     "start_step": a.start_step,
                     "checkpoint_step": a.checkpoint_step,
+                    "progress_step": a.progress_step,
                     "try_number": a.try_number,
                     "pool": a.pool,
                     "cost": None if a.cost(now) is None else round(a.cost(now), 6),  # type: ignore[arg-type]
                     "billable_seconds": a.billable_seconds,
                     "training_seconds": a.training_seconds,
                     "saved": _rounded(a.savings(self.prices.get(Capacity.ON_DEMAND.value), now)),
+                    "links": [dict(link) for link in a.links],
                 }
                 for a in self.attempts
             ],

@@ -47,6 +47,7 @@ class Event(str, enum.Enum):
     PREEMPTED = "preempted"  # the last attempt was reclaimed
     FAILED = "failed"  # a genuine failure; Airflow retried the task
     CAPACITY_UNAVAILABLE = "capacity_unavailable"  # spot could not be had just now
+    WAITED = "waited"  # the wait a policy asked for is over: spot may be back
     TICK = "tick"  # periodic check while an attempt runs (for move-back-to-spot)
 
 

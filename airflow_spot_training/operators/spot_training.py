@@ -6,30 +6,54 @@ from the same checkpoint prefix, until the training succeeds. Preemptions never
 consume Airflow retries; a genuine training failure fails the try, and the retry
 picks up the same ledger (kept in the task state store, which survives retries)
 and the same checkpoint prefix.
+
+How an attempt's end is read, the same for every backend:
+
+* **succeeded**: the backend says so, or the attempt committed its final checkpoint
+  (``reason="final"`` or the planned last step, stamped with this attempt's token) before
+  it was reclaimed or killed: a notice that comes after the work is done changes nothing;
+* **preempted**: the capacity was reclaimed (with or without the notice caught; a
+  training that caught it, checkpointed and exited 143 is a preemption, never a failure);
+  counted, and the policy decides where the next attempt runs;
+* **capacity unavailable**: no capacity in any pool; see :meth:`_after_no_capacity`;
+* **failed** / **stopped from outside**: the try fails; a retry resumes from the prefix;
+* **lost** (the trigger could not watch it): the attempt is re-attached by the next try,
+  or stopped first when no try is left.
 """
 
 from __future__ import annotations
 
-import re
+import posixpath
+import threading
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Sequence
+from urllib.parse import quote
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_spot_training import settings
 from airflow_spot_training.backends.base import (
+    AttemptHandle,
     BackendConfigError,
+    CapacityUnavailable,
     CloudActionRequired,
     LaunchRequest,
     SpotBackend,
-    SpotCapacityUnavailable,
+    is_template,
     resolve_backend,
 )
-from airflow_spot_training.core import ledger as L
+from airflow_spot_training.core.attempt import (
+    AttemptEvent,
+    AttemptState,
+    CheckpointInfo,
+    EventKind,
+    UnknownVersionError,
+)
 from airflow_spot_training.core.contract import Contract, attempt_token, run_key
 from airflow_spot_training.core.deadline import DeadlineError, parse_deadline
+from airflow_spot_training.core.ledger import AttemptRecord, RunLedger, format_summary
 from airflow_spot_training.core.policies import POLICIES, make_policy
 from airflow_spot_training.core.policy import (
     Action,
@@ -41,17 +65,13 @@ from airflow_spot_training.core.policy import (
     ThresholdPolicy,
     check_feasible,
     estimate_remaining_work,
+    format_duration,
     serialize_policy,
 )
-from airflow_spot_training.links.spot_training import CheckpointLink
+from airflow_spot_training.links.spot_training import AttemptPageLink, CheckpointLink, attempt_page_links
 from airflow_spot_training.runtime.checkpoint import CheckpointError, CheckpointManager
-from airflow_spot_training.runtime.results import read_metrics
-from airflow_spot_training.triggers.spot_training import (
-    EVENT_STATUSES,
-    INTERRUPTED,
-    RETURN_TO_SPOT,
-    SpotTrainingTrigger,
-)
+from airflow_spot_training.runtime.results import read_metrics, read_progress
+from airflow_spot_training.triggers.spot_training import SpotTrainingTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -59,6 +79,8 @@ if TYPE_CHECKING:
 LEDGER_KEY = "spot_training_ledger"
 XCOM_PREFIX_KEY = "checkpoint_prefix"
 XCOM_LEDGER_KEY = "ledger"
+#: seconds ``on_kill`` waits for a launch in progress before looking the attempt up itself
+KILL_WAIT_FOR_LAUNCH = 3.0
 
 
 class SpotTrainingConfigError(ValueError):
@@ -77,23 +99,34 @@ def _seconds(value: Any, argument: str, *, allow_none: bool = True, minimum: flo
     return float(value)
 
 
-def _is_template(value: Any) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+def _count(value: Any, argument: str, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise SpotTrainingConfigError(f"{argument}={value!r} is invalid: give an integer >= {minimum}.")
+    return value
 
 
 def default_checkpoint_prefix(base: str, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
-    parts = [dag_id, _UNSAFE.sub("_", run_id), task_id] + ([str(map_index)] if map_index >= 0 else [])
-    return "/".join([base.rstrip("/")] + parts)
+    """``<base>/<dag_id>/<run_id>/<task_id>[/<map_index>]``, each part percent-encoded.
+
+    Encoding (rather than replacing characters) keeps distinct run ids distinct:
+    ``manual:1`` and ``manual_1`` get different prefixes.
+    """
+    parts = [dag_id, run_id, task_id] + ([str(map_index)] if map_index >= 0 else [])
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise SpotTrainingConfigError(
+                f"{part!r} cannot be a path component of the checkpoint prefix (dag_id, run_id, task_id); "
+                "give checkpoint_prefix= explicitly, or use another run id."
+            )
+    return "/".join([base.rstrip("/")] + [quote(part, safe="-_.=+@") for part in parts])
 
 
 class SpotTrainingOperator(BaseOperator):
     """Train on spot capacity; survive preemptions; escalate to on-demand; resume from checkpoints.
 
     :param backend: where and how attempts run: a backend object (``LocalBackend``,
-        ``EC2SpotBackend``, ...) or a backend name with default settings.
+        ``EC2SpotBackend``, ...) or a backend name with default settings. Its templated
+        arguments (command, env, instance types, ...) are rendered per try. (templated)
     :param checkpoint_prefix: where the training commits checkpoints; the same for every
         attempt and Airflow retry. (templated) Default:
         ``[spot_training] checkpoint_base_uri``/dag_id/run_id/task_id[/map_index].
@@ -110,6 +143,12 @@ class SpotTrainingOperator(BaseOperator):
     :param max_attempts: cap on launched attempts across all tries; the task fails beyond it.
     :param max_spot_wait: cap on total time spent waiting for spot capacity; after it the
         next attempt runs on on-demand.
+    :param max_on_demand_wait: cap on total time spent waiting for on-demand capacity when
+        no pool has any; after it the task fails, naming the pools and their answers.
+    :param capacity_retry_interval: seconds between two on-demand launches while no pool
+        has on-demand capacity.
+    :param max_capacity_attempts: cap on launches that found no capacity (spot or
+        on-demand), across all tries; the task fails beyond it.
     :param restart_overhead: seconds a launch costs before training progresses (boot plus
         checkpoint restore); the deadline rule budgets it. Default: the backend's estimate.
     :param checkpoint_interval: seconds of work between two checkpoints (work lost at a
@@ -120,12 +159,12 @@ class SpotTrainingOperator(BaseOperator):
         whether to move back to spot; when it says so, the on-demand attempt checkpoints and
         stops, and the next attempt launches on spot. Needs a policy that can be serialized
         (``serialize_kwargs()``) and a backend that can tell whether spot is available.
-    :param deferrable: wait in the triggerer (default) or block a worker slot.
+    :param deferrable: wait in the triggerer, or block a worker slot (default
+        ``[spot_training] default_deferrable``, itself true by default).
     :param progress_log_interval: seconds between two progress lines in the triggerer log.
     """
 
-    template_fields: Sequence[str] = ("checkpoint_prefix", "deadline")
-    operator_extra_links = (CheckpointLink(),)
+    template_fields: Sequence[str] = ("checkpoint_prefix", "deadline", "backend")
     ui_color = "#f0e4ff"
 
     def __init__(
@@ -139,20 +178,63 @@ class SpotTrainingOperator(BaseOperator):
         poll_interval: float | timedelta | None = None,
         max_attempts: int = 20,
         max_spot_wait: float | timedelta | None = timedelta(hours=1),
+        max_on_demand_wait: float | timedelta = timedelta(minutes=30),
+        capacity_retry_interval: float | timedelta = 60.0,
+        max_capacity_attempts: int = 100,
         restart_overhead: float | timedelta | None = None,
         checkpoint_interval: float | timedelta | None = None,
         expected_runtime: float | timedelta | None = None,
         return_to_spot: bool = False,
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         progress_log_interval: float | timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         try:
             self.backend = resolve_backend(backend)
-            self.backend.validate()
         except BackendConfigError as e:
             raise SpotTrainingConfigError(f"{self.task_id}: {e}") from e
+        self.escalation_policy = self._policy(escalation_policy, max_preemptions)
+        self._check_deadline(deadline)
+        if checkpoint_prefix is not None and not isinstance(checkpoint_prefix, str):
+            raise SpotTrainingConfigError(
+                f"{self.task_id}: checkpoint_prefix must be a string (a path or an fsspec URL), "
+                f"got {type(checkpoint_prefix).__name__}."
+            )
+        self.checkpoint_prefix = checkpoint_prefix
+        self.max_preemptions = max_preemptions
+        self.deadline = deadline
+        self.max_attempts = _count(max_attempts, "max_attempts")
+        self.max_capacity_attempts = _count(max_capacity_attempts, "max_capacity_attempts")
+        self.poll_interval = _seconds(poll_interval, "poll_interval", minimum=0.01)
+        self.max_spot_wait = _seconds(max_spot_wait, "max_spot_wait")
+        self.max_on_demand_wait = _seconds(max_on_demand_wait, "max_on_demand_wait", allow_none=False)
+        self.capacity_retry_interval = _seconds(capacity_retry_interval, "capacity_retry_interval",
+                                                allow_none=False, minimum=0.01)
+        overhead = _seconds(restart_overhead, "restart_overhead")
+        self.restart_overhead = overhead if overhead is not None else self.backend.default_restart_overhead
+        self.checkpoint_interval = _seconds(checkpoint_interval, "checkpoint_interval") or 0.0
+        self.expected_runtime = _seconds(expected_runtime, "expected_runtime")
+        self.return_to_spot = return_to_spot
+        self.deferrable = settings.default_deferrable() if deferrable is None else bool(deferrable)
+        self.progress_log_interval = _seconds(progress_log_interval, "progress_log_interval", minimum=0.01)
+        if isinstance(checkpoint_prefix, str) and not is_template(checkpoint_prefix):
+            self._check_prefix_shape(checkpoint_prefix)
+        if return_to_spot:
+            try:
+                serialize_policy(self.escalation_policy)
+            except TypeError as e:
+                raise SpotTrainingConfigError(f"{self.task_id}: return_to_spot=True: {e}") from e
+        if not is_template(deadline):
+            self._check_feasible(parse_deadline(deadline), now=None)
+        self.operator_extra_links = (CheckpointLink(),) + attempt_page_links(self.backend.link_labels,
+                                                                           self.max_attempts)
+        self._inflight: tuple[LaunchRequest, threading.Thread, dict[str, Any]] | None = None
+        self._killed = threading.Event()
+        self._live_handle: AttemptHandle | None = None
+
+    # -- argument checks -------------------------------------------------------------------
+    def _policy(self, policy: EscalationPolicy | str | None, max_preemptions: int | None) -> EscalationPolicy:
         if max_preemptions is not None and (
             not isinstance(max_preemptions, int) or isinstance(max_preemptions, bool) or max_preemptions < 0
         ):
@@ -160,54 +242,34 @@ class SpotTrainingOperator(BaseOperator):
                 f"{self.task_id}: max_preemptions={max_preemptions!r} is invalid: give 0 or a positive "
                 "integer (0 runs on on-demand from the start), or None for no threshold."
             )
-        if isinstance(escalation_policy, str):
-            if escalation_policy not in POLICIES:
+        if isinstance(policy, str):
+            if policy not in POLICIES:
                 raise SpotTrainingConfigError(
-                    f"{self.task_id}: escalation_policy={escalation_policy!r} is not a known policy; "
+                    f"{self.task_id}: escalation_policy={policy!r} is not a known policy; "
                     f"choose one of {', '.join(POLICIES)} or pass a policy object."
                 )
-            extra = {"max_preemptions": max_preemptions} if escalation_policy == "threshold" else {}
-            escalation_policy = make_policy(escalation_policy, **extra)
-        if escalation_policy is not None and not callable(getattr(escalation_policy, "decide", None)):
+            extra = {"max_preemptions": max_preemptions} if policy == "threshold" else {}
+            policy = make_policy(policy, **extra)
+        if policy is not None and not callable(getattr(policy, "decide", None)):
             raise SpotTrainingConfigError(
-                f"{self.task_id}: escalation_policy={escalation_policy!r} has no decide(state) method; "
+                f"{self.task_id}: escalation_policy={policy!r} has no decide(state) method; "
                 "pass an object implementing airflow_spot_training.core.policy.EscalationPolicy."
             )
-        if not _is_template(deadline):
-            try:
-                parse_deadline(deadline)
-            except DeadlineError as e:
-                raise SpotTrainingConfigError(f"{self.task_id}: {e}") from e
-        if checkpoint_prefix is not None and not isinstance(checkpoint_prefix, str):
-            raise SpotTrainingConfigError(
-                f"{self.task_id}: checkpoint_prefix must be a string (a path or an fsspec URL), "
-                f"got {type(checkpoint_prefix).__name__}."
-            )
-        if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
-            raise SpotTrainingConfigError(
-                f"{self.task_id}: max_attempts={max_attempts!r} is invalid: give a positive integer."
-            )
-        self.checkpoint_prefix = checkpoint_prefix
-        self.max_preemptions = max_preemptions
-        self.deadline = deadline
-        self.escalation_policy = escalation_policy or ThresholdPolicy(max_preemptions=max_preemptions)
-        self.poll_interval = _seconds(poll_interval, "poll_interval", minimum=0.01)
-        self.max_attempts = max_attempts
-        self.max_spot_wait = _seconds(max_spot_wait, "max_spot_wait")
-        overhead = _seconds(restart_overhead, "restart_overhead")
-        self.restart_overhead = overhead if overhead is not None else self.backend.default_restart_overhead
-        self.checkpoint_interval = _seconds(checkpoint_interval, "checkpoint_interval") or 0.0
-        self.expected_runtime = _seconds(expected_runtime, "expected_runtime")
-        self.return_to_spot = return_to_spot
-        self.deferrable = deferrable
-        self.progress_log_interval = _seconds(progress_log_interval, "progress_log_interval", minimum=0.01)
-        if return_to_spot:
-            try:
-                serialize_policy(self.escalation_policy)
-            except TypeError as e:
-                raise SpotTrainingConfigError(f"{self.task_id}: return_to_spot=True: {e}") from e
-        if not _is_template(deadline):
-            self._check_feasible(parse_deadline(deadline), now=None)
+        return policy or ThresholdPolicy(max_preemptions=max_preemptions)
+
+    def _check_deadline(self, deadline: Any) -> None:
+        if is_template(deadline):
+            return
+        try:
+            parse_deadline(deadline)
+        except DeadlineError as e:
+            raise SpotTrainingConfigError(f"{self.task_id}: {e}") from e
+
+    def _check_prefix_shape(self, prefix: str) -> None:
+        try:
+            self.backend.check_checkpoint_prefix(prefix)
+        except BackendConfigError as e:
+            raise SpotTrainingConfigError(f"{self.task_id}: {e}") from e
 
     def _check_feasible(self, deadline: Any, now: float | None) -> None:
         """Refuse a deadline that even on-demand capacity cannot meet, before launching anything."""
@@ -230,12 +292,13 @@ class SpotTrainingOperator(BaseOperator):
     # entry points
     # =====================================================================================
     def execute(self, context: Context) -> Any:
+        self._validate_rendered()
         ledger = self._open_ledger(context)
         live = ledger.live_attempt
         if live is not None:
             return self._reattach(context, ledger, live)
         last = ledger.current
-        if last is not None and last.outcome == L.SUCCEEDED:
+        if last is not None and last.outcome is AttemptState.SUCCEEDED:
             self.log.info("attempt %s already succeeded in an earlier try; nothing to run", last.number)
             return self._finish(context, ledger)
         event = Event.START if not ledger.attempts else Event.FAILED
@@ -243,32 +306,70 @@ class SpotTrainingOperator(BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after the trigger fired: record the attempt's end and decide what is next."""
-        if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES or "attempt" not in event:
-            raise AirflowException(f"unexpected event from SpotTrainingTrigger: {event!r}")
+        try:
+            attempt_event = AttemptEvent.from_payload(event)
+        except (ValueError, UnknownVersionError) as e:
+            raise AirflowException(f"unexpected event from SpotTrainingTrigger: {e}") from e
         ledger = self._load_ledger(context)
         record = ledger.current
-        if record is None or record.number != event["attempt"]:
+        if record is None or record.number != attempt_event.attempt:
             raise AirflowException(
-                f"event for attempt {event['attempt']} does not match the ledger's current attempt "
+                f"event for attempt {attempt_event.attempt} does not match the ledger's current attempt "
                 f"{record.number if record else None}"
             )
-        if event["status"] == INTERRUPTED:
-            return self._attempt_interrupted(context, ledger, record, event)
-        if event["status"] == RETURN_TO_SPOT:
-            return self._move_back_to_spot(context, ledger, record, event)
-        return self._attempt_ended(context, ledger, event, in_new_try=False)
+        kind = attempt_event.kind
+        if kind is EventKind.INTERRUPTED:
+            return self._attempt_interrupted(context, ledger, record, attempt_event)
+        if kind is EventKind.RETURN_TO_SPOT:
+            return self._move_back_to_spot(context, ledger, record, attempt_event)
+        if kind is EventKind.LOST:
+            return self._attempt_lost(context, ledger, record, attempt_event)
+        return self._attempt_ended(context, ledger, attempt_event, in_new_try=False)
 
     def execute_launch(self, context: Context, event: Any = None) -> Any:
-        """Resume after waiting for spot capacity."""
+        """Resume after waiting for capacity: the policy is asked again (spot may be back)."""
         ledger = self._load_ledger(context)
-        return self._next_attempt(context, ledger, Event.CAPACITY_UNAVAILABLE, spot_unavailable=True)
+        return self._next_attempt(context, ledger, Event.WAITED)
 
     def on_kill(self) -> None:
-        """Stop the running attempt when the task is killed in blocking mode."""
-        handle = getattr(self, "_live_handle", None)
-        if handle:
-            self.log.info("task killed: stopping attempt %s", handle.get("attempt"))
-            self.backend.stop(handle)
+        """Stop what this try started when the task is killed (marked failed, cleared, timed out).
+
+        Whatever the task was doing: a launch in progress is waited for (briefly) and its
+        attempt stopped, or looked up by its token; a blocking wait stops its attempt.
+        """
+        self._killed.set()
+        inflight = self._inflight
+        if inflight is not None:
+            request, thread, outcome = inflight
+            thread.join(KILL_WAIT_FOR_LAUNCH)
+            handle = outcome.get("handle") or self._find_quietly(request)
+            if handle is not None:
+                self.log.info("task killed while launching attempt %s: stopping it", request.attempt)
+                self.backend.stop(handle)
+            return
+        if self._live_handle is not None:
+            self.log.info("task killed: stopping attempt %s", self._live_handle.attempt)
+            self.backend.stop(self._live_handle)
+
+    def _find_quietly(self, request: LaunchRequest) -> AttemptHandle | None:
+        try:
+            return self.backend.find(request)
+        except Exception as e:  # the launch thread stops it itself once it returns
+            self.log.warning("could not look up attempt %s by its token: %s", request.attempt, e)
+            return None
+
+    def _validate_rendered(self) -> None:
+        """Templated arguments are rendered now: check them as the DAG file's were."""
+        try:
+            self.backend.validate()
+        except BackendConfigError as e:
+            raise AirflowFailException(f"{self.task_id}: {e}") from e
+        try:
+            self._check_deadline(self.deadline)
+            if self.checkpoint_prefix:
+                self._check_prefix_shape(self.checkpoint_prefix)
+        except SpotTrainingConfigError as e:
+            raise AirflowFailException(f"{e}; nothing was launched.") from e
 
     # =====================================================================================
     # the ledger
@@ -282,21 +383,32 @@ class SpotTrainingOperator(BaseOperator):
             )
         return store
 
-    def _load_ledger(self, context: Context) -> L.RunLedger:
+    def _read_ledger(self, context: Context) -> RunLedger | None:
         data = self._store(context).get(LEDGER_KEY)
         if not data:
-            raise AirflowException("no spot-training ledger in the task state store for this task")
-        return L.RunLedger.from_dict(data)
+            return None
+        try:
+            return RunLedger.from_dict(data)
+        except (ValueError, TypeError, UnknownVersionError) as e:
+            raise AirflowFailException(
+                f"the spot-training ledger in the task state store (key {LEDGER_KEY!r}) cannot be read: {e}. "
+                "Nothing was launched. Clear the task's state (or trigger a new run) to start a new ledger."
+            ) from e
 
-    def _save(self, context: Context, ledger: L.RunLedger) -> None:
+    def _load_ledger(self, context: Context) -> RunLedger:
+        ledger = self._read_ledger(context)
+        if ledger is None:
+            raise AirflowException("no spot-training ledger in the task state store for this task")
+        return ledger
+
+    def _save(self, context: Context, ledger: RunLedger) -> None:
         self._store(context).set(LEDGER_KEY, ledger.to_dict())
         context["ti"].xcom_push(key=XCOM_LEDGER_KEY, value=ledger.summary())
 
-    def _open_ledger(self, context: Context) -> L.RunLedger:
+    def _open_ledger(self, context: Context) -> RunLedger:
         ti = context["ti"]
-        data = self._store(context).get(LEDGER_KEY)
-        if data:
-            ledger = L.RunLedger.from_dict(data)
+        ledger = self._read_ledger(context)
+        if ledger is not None:
             if self.checkpoint_prefix and ledger.checkpoint_prefix != self.checkpoint_prefix:
                 self.log.warning(
                     "checkpoint_prefix now renders to %s but earlier tries used %s; keeping the earlier one "
@@ -307,37 +419,52 @@ class SpotTrainingOperator(BaseOperator):
                 len(ledger.attempts), ledger.preemptions, ledger.checkpoint_prefix,
             )
         else:
-            map_index = getattr(ti, "map_index", -1)
-            map_index = -1 if map_index is None else map_index
-            prefix = self.checkpoint_prefix or default_checkpoint_prefix(
-                settings.checkpoint_base_uri(), ti.dag_id, ti.run_id, ti.task_id, map_index
-            )
-            ledger = L.RunLedger(
-                run_key=run_key(ti.dag_id, ti.run_id, ti.task_id, map_index),
-                checkpoint_prefix=prefix,
-            )
-            deadline = self._parse_rendered_deadline()
-            if deadline is not None and deadline.at is not None and deadline.at <= time.time():
-                raise AirflowFailException(
-                    f"deadline={self.deadline!r} is already past; nothing was launched. Give a later "
-                    "deadline, or a duration such as '6h' counted from the first launch."
-                )
-            try:
-                self._check_feasible(deadline, now=time.time())
-            except SpotTrainingConfigError as e:
-                raise AirflowFailException(f"{e}; nothing was launched.") from e
-        prices = {}
+            ledger = self._new_ledger(ti)
         for capacity in Capacity:
-            price = self.backend.price_per_hour({}, capacity)
+            price = self.backend.price_per_hour(None, capacity)
             if price is not None:
-                prices[capacity.value] = price
-        ledger.prices.update(prices)
+                ledger.prices[capacity.value] = price
         ledger.note_try(ti.try_number)
-        self._check_prefix(ledger.checkpoint_prefix)
+        self._check_writable(ledger.checkpoint_prefix)
         ti.xcom_push(key=XCOM_PREFIX_KEY, value=ledger.checkpoint_prefix)
-        CheckpointLink.persist(context, ledger.checkpoint_prefix)
+        CheckpointLink().persist(context, ledger.checkpoint_prefix)
+        self._publish_links(context, ledger.attempts)
         self._save(context, ledger)
         return ledger
+
+    def _new_ledger(self, ti: Any) -> RunLedger:
+        map_index = getattr(ti, "map_index", -1)
+        map_index = -1 if map_index is None else map_index
+        try:
+            prefix = self.checkpoint_prefix or self._default_prefix(ti, map_index)
+            self._check_prefix_shape(prefix)
+        except SpotTrainingConfigError as e:
+            raise AirflowFailException(f"{e}; nothing was launched.") from e
+        deadline = self._parse_rendered_deadline()
+        if deadline is not None and deadline.at is not None and deadline.at <= time.time():
+            raise AirflowFailException(
+                f"deadline={self.deadline!r} is already past; nothing was launched. Give a later "
+                "deadline, or a duration such as '6h' counted from the first launch."
+            )
+        try:
+            self._check_feasible(deadline, now=time.time())
+        except SpotTrainingConfigError as e:
+            raise AirflowFailException(f"{e}; nothing was launched.") from e
+        key = run_key(ti.dag_id, ti.run_id, ti.task_id, map_index, settings.deployment_id())
+        return RunLedger(run_key=key, checkpoint_prefix=prefix)
+
+    def _default_prefix(self, ti: Any, map_index: int) -> str:
+        base = default_checkpoint_prefix(settings.checkpoint_base_uri(), ti.dag_id, ti.run_id, ti.task_id,
+                                         map_index)
+        return self.backend.default_checkpoint_prefix(base)
+
+    def _publish_links(self, context: Context, records: list[AttemptRecord]) -> None:
+        """Push every attempt's pages where its extra links read them (XCom is cleared each try)."""
+        for record in records:
+            if record.number > self.max_attempts:
+                continue
+            for link in record.links:
+                AttemptPageLink(attempt=record.number, label=link["name"]).persist(context, link["url"])
 
     def _parse_rendered_deadline(self):  # type: ignore[no-untyped-def]
         try:
@@ -345,9 +472,9 @@ class SpotTrainingOperator(BaseOperator):
         except DeadlineError as e:
             raise AirflowFailException(f"{self.task_id}: {e}") from e
 
-    def _check_prefix(self, prefix: str) -> None:
+    def _check_writable(self, prefix: str) -> None:
         try:
-            CheckpointManager(prefix, storage_options=self.backend.storage_options()).check_writable()
+            CheckpointManager(prefix, storage_options=self.backend.checkpoint_storage_options()).check_writable()
         except CheckpointError as e:
             raise AirflowFailException(str(e)) from e
         except (ValueError, ImportError) as e:
@@ -356,22 +483,34 @@ class SpotTrainingOperator(BaseOperator):
                 "whose filesystem is installed (s3:// needs s3fs, gs:// needs gcsfs)."
             ) from e
 
-    def _latest_step(self, ledger: L.RunLedger) -> tuple[int | None, int | None]:
+    def _latest_checkpoint(self, ledger: RunLedger) -> CheckpointInfo | None:
         try:
             latest = CheckpointManager(
-                ledger.checkpoint_prefix, keep_last=None, storage_options=self.backend.storage_options()
+                ledger.checkpoint_prefix, keep_last=None, storage_options=self.backend.checkpoint_storage_options()
             ).latest()
         except Exception as e:  # informative only
             self.log.warning("could not read checkpoints under %s: %s", ledger.checkpoint_prefix, e)
-            return None, None
-        return (latest.step, latest.record.total_steps) if latest else (None, None)
+            return None
+        if latest is None:
+            return None
+        record = latest.record
+        return CheckpointInfo(step=record.step, total_steps=record.total_steps, committed_at=record.committed_at,
+                              reason=record.reason, attempt=record.attempt, token=record.token)
+
+    def _progress_step(self, ledger: RunLedger, record: AttemptRecord) -> int | None:
+        try:
+            return read_progress(ledger.checkpoint_prefix, record.number, record.token,
+                                 **self.backend.checkpoint_storage_options())
+        except Exception as e:  # informative only
+            self.log.warning("could not read attempt %s's progress record: %s", record.number, e)
+            return None
 
     # =====================================================================================
     # deciding and launching
     # =====================================================================================
-    def _job_state(self, ledger: L.RunLedger, event: Event, spot_unavailable: bool) -> JobState:
+    def _job_state(self, ledger: RunLedger, event: Event, spot_unavailable: bool) -> JobState:
         now = time.time()
-        launched = [a for a in ledger.attempts if a.outcome != L.CAPACITY_UNAVAILABLE]
+        launched = [a for a in ledger.attempts if a.outcome is not AttemptState.CAPACITY_UNAVAILABLE]
         current_capacity = Capacity(launched[-1].capacity) if launched else None
         progress = ledger.progress
         remaining = estimate_remaining_work(progress, ledger.compute_seconds(now), self.expected_runtime)
@@ -394,7 +533,7 @@ class SpotTrainingOperator(BaseOperator):
             poll_interval=self._poll_interval(),
         )
 
-    def _decide(self, ledger: L.RunLedger, event: Event, spot_unavailable: bool) -> Decision:
+    def _decide(self, ledger: RunLedger, event: Event, spot_unavailable: bool) -> Decision:
         state = self._job_state(ledger, event, spot_unavailable)
         decision = self.escalation_policy.decide(state)
         if not isinstance(decision, Decision):
@@ -408,14 +547,24 @@ class SpotTrainingOperator(BaseOperator):
             )
         return decision
 
-    def _next_attempt(self, context: Context, ledger: L.RunLedger, event: Event,
-                      spot_unavailable: bool = False) -> Any:
-        launched = [a for a in ledger.attempts if a.outcome != L.CAPACITY_UNAVAILABLE]
+    def _check_caps(self, ledger: RunLedger) -> None:
+        """Fail (without retrying) when a cap or the deadline says no further launch may happen."""
+        launched = [a for a in ledger.attempts if a.outcome is not AttemptState.CAPACITY_UNAVAILABLE]
         if len(launched) >= self.max_attempts:
             raise AirflowFailException(
                 f"max_attempts={self.max_attempts} reached ({ledger.preemptions} preemption(s)); not launching "
                 "again. Raise max_attempts, or lower max_preemptions to escalate to on-demand sooner."
             )
+        if ledger.deadline is not None and time.time() >= ledger.deadline:
+            raise AirflowFailException(
+                f"the deadline ({_instant(ledger.deadline)}) has passed; not launching another attempt "
+                f"({len(launched)} attempt(s), {ledger.preemptions} preemption(s) so far; checkpoints under "
+                f"{ledger.checkpoint_prefix}). Trigger a new run with a later deadline to carry on."
+            )
+
+    def _next_attempt(self, context: Context, ledger: RunLedger, event: Event,
+                      spot_unavailable: bool = False) -> Any:
+        self._check_caps(ledger)
         decision = self._decide(ledger, event, spot_unavailable)
         now = time.time()
         ledger.record_decision(decision, event.value, now)
@@ -432,7 +581,7 @@ class SpotTrainingOperator(BaseOperator):
         assert capacity is not None
         return self._launch(context, ledger, capacity)
 
-    def _request(self, context: Context, ledger: L.RunLedger, record: L.AttemptRecord) -> LaunchRequest:
+    def _request(self, context: Context, ledger: RunLedger, record: AttemptRecord) -> LaunchRequest:
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
         contract = Contract(
@@ -441,26 +590,29 @@ class SpotTrainingOperator(BaseOperator):
             capacity=record.capacity,
             preemptions=sum(a.preemptions for a in ledger.attempts[: record.number - 1]),
             run_key=ledger.run_key,
-            result_uri=f"{ledger.checkpoint_prefix.rstrip('/')}/_results/attempt-{record.number}.json",
-        )
-        return LaunchRequest(
-            contract=contract,
-            capacity=Capacity(record.capacity),
+            result_uri=posixpath.join(ledger.checkpoint_prefix.rstrip("/"), "_results",
+                                      f"attempt-{record.number}.json"),
             token=record.token,
-            labels={
-                "dag_id": ti.dag_id,
-                "run_id": ti.run_id,
-                "task_id": ti.task_id,
-                "map_index": str(-1 if map_index is None else map_index),
-                "attempt": str(record.number),
-                "run_key": ledger.run_key,
-            },
         )
+        labels = {
+            "dag_id": ti.dag_id,
+            "run_id": ti.run_id,
+            "task_id": ti.task_id,
+            "map_index": str(-1 if map_index is None else map_index),
+            "attempt": str(record.number),
+            "run_key": ledger.run_key,
+        }
+        deployment = settings.deployment_id()
+        if deployment:
+            labels["deployment"] = deployment
+        return LaunchRequest(contract=contract, capacity=Capacity(record.capacity), token=record.token,
+                             labels=labels)
 
-    def _launch(self, context: Context, ledger: L.RunLedger, capacity: Capacity) -> Any:
+    def _launch(self, context: Context, ledger: RunLedger, capacity: Capacity) -> Any:
         number = ledger.next_attempt_number()
-        start_step, total = self._latest_step(ledger)
-        record = L.AttemptRecord(
+        checkpoint = self._latest_checkpoint(ledger)
+        start_step = checkpoint.step if checkpoint else None
+        record = AttemptRecord(
             number=number,
             capacity=capacity.value,
             token=attempt_token(ledger.run_key, number),
@@ -468,7 +620,7 @@ class SpotTrainingOperator(BaseOperator):
             launched_at=time.time(),
             start_step=start_step,
             checkpoint_step=start_step,
-            total_steps=total,
+            total_steps=checkpoint.total_steps if checkpoint else None,
         )
         ledger.attempts.append(record)
         # Persist before launching: a worker that dies inside launch() leaves a record whose
@@ -476,52 +628,115 @@ class SpotTrainingOperator(BaseOperator):
         self._save(context, ledger)
         return self._start(context, ledger, record)
 
-    def _start(self, context: Context, ledger: L.RunLedger, record: L.AttemptRecord) -> Any:
+    def _start(self, context: Context, ledger: RunLedger, record: AttemptRecord) -> Any:
         request = self._request(context, ledger, record)
         try:
-            handle = self.backend.launch(request)
-        except SpotCapacityUnavailable as e:
-            record.outcome, record.reason, record.ended_at = L.CAPACITY_UNAVAILABLE, str(e), time.time()
+            handle = self._launch_watched(request)
+        except CapacityUnavailable as e:
+            record.outcome, record.reason, record.ended_at = AttemptState.CAPACITY_UNAVAILABLE, str(e), time.time()
             self._save(context, ledger)
-            self.log.warning("attempt %s: no spot capacity: %s", record.number, e)
-            return self._next_attempt(context, ledger, Event.CAPACITY_UNAVAILABLE, spot_unavailable=True)
+            self.log.warning("attempt %s: no %s capacity: %s", record.number, record.capacity, e)
+            return self._after_no_capacity(context, ledger, e)
         except CloudActionRequired as e:
-            record.outcome, record.reason, record.ended_at = L.FAILED, str(e), time.time()
+            record.outcome, record.reason, record.ended_at = AttemptState.FAILED, str(e), time.time()
             self._save(context, ledger)
             raise AirflowFailException(str(e)) from e
-        record.handle = handle
-        record.outcome = L.RUNNING
-        record.pool = handle.get("pool")
-        record.price_per_hour = self.backend.price_per_hour(handle, Capacity(record.capacity))
-        if ledger.first_launch_at is None:
-            ledger.first_launch_at = record.launched_at
-            deadline = self._parse_rendered_deadline()
-            if deadline is not None:
-                ledger.deadline = deadline.resolve(ledger.first_launch_at)
-        self._save(context, ledger)
+        self._record_launch(context, ledger, record, handle)
         self.log.info(
             "launched attempt %s on %s capacity (token %s, %s preemption(s) so far), checkpoints under %s",
             record.number, record.capacity, record.token, ledger.preemptions, ledger.checkpoint_prefix,
         )
         return self._wait_for_attempt(context, ledger, record)
 
-    def _reattach(self, context: Context, ledger: L.RunLedger, record: L.AttemptRecord) -> Any:
+    def _launch_watched(self, request: LaunchRequest) -> AttemptHandle:
+        """``backend.launch`` in a thread the worker waits for, so that ``on_kill`` can stop its result."""
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["handle"] = self.backend.launch(request)
+            except BaseException as e:  # handed to the waiting thread below
+                outcome["error"] = e
+
+        thread = threading.Thread(target=run, name=f"launch-attempt-{request.attempt}", daemon=True)
+        self._inflight = (request, thread, outcome)
+        try:
+            thread.start()
+            thread.join()
+        finally:
+            self._inflight = None
+        if "error" in outcome:
+            raise outcome["error"]
+        handle: AttemptHandle = outcome["handle"]
+        if self._killed.is_set():  # killed while launching: on_kill may not have seen the handle
+            self.backend.stop(handle)
+            raise AirflowException(f"the task was killed while attempt {request.attempt} launched; it was stopped")
+        return handle
+
+    def _record_launch(self, context: Context, ledger: RunLedger, record: AttemptRecord,
+                       handle: AttemptHandle) -> None:
+        record.handle = handle.to_dict()
+        record.outcome = AttemptState.RUNNING
+        record.pool = handle.pool
+        record.price_per_hour = self.backend.price_per_hour(handle, Capacity(record.capacity))
+        record.links = [link.to_dict() for link in self.backend.attempt_links(handle)]
+        if ledger.first_launch_at is None:
+            ledger.first_launch_at = record.launched_at
+            deadline = self._parse_rendered_deadline()
+            if deadline is not None:
+                ledger.deadline = deadline.resolve(ledger.first_launch_at)
+        self._publish_links(context, [record])
+        self._save(context, ledger)
+
+    def _after_no_capacity(self, context: Context, ledger: RunLedger, error: CapacityUnavailable) -> Any:
+        """The one rule for "no capacity", whatever the backend.
+
+        Spot: the policy decides (wait or escalate); the total spot wait is capped by
+        ``max_spot_wait``. On-demand: retried every ``capacity_retry_interval`` for at most
+        ``max_on_demand_wait``, then the task fails naming the pools. Either way at most
+        ``max_capacity_attempts`` launches may find no capacity.
+        """
+        misses = [a for a in ledger.attempts if a.outcome is AttemptState.CAPACITY_UNAVAILABLE]
+        if len(misses) >= self.max_capacity_attempts:
+            raise AirflowFailException(
+                f"{len(misses)} launches found no capacity (max_capacity_attempts={self.max_capacity_attempts}); "
+                f"the last one: {error}"
+            )
+        if error.capacity is Capacity.SPOT:
+            return self._next_attempt(context, ledger, Event.CAPACITY_UNAVAILABLE, spot_unavailable=True)
+        waited = _on_demand_wait(ledger)
+        if waited >= self.max_on_demand_wait:
+            raise AirflowFailException(
+                f"no on-demand capacity for {format_duration(waited)} (max_on_demand_wait="
+                f"{format_duration(self.max_on_demand_wait)}); pools tried: {'; '.join(error.pools_tried) or error}. "
+                "Add instance types, zones or regions to the backend, or raise the wait."
+            )
+        self.log.warning("no on-demand capacity in any pool; trying again in %s", format_duration(
+            self.capacity_retry_interval))
+        return self._wait_for_capacity(context, ledger, self.capacity_retry_interval, method="execute_relaunch")
+
+    def execute_relaunch(self, context: Context, event: Any = None) -> Any:
+        """Resume after waiting for on-demand capacity: launch on on-demand again."""
+        ledger = self._load_ledger(context)
+        self._check_caps(ledger)
+        return self._launch(context, ledger, Capacity.ON_DEMAND)
+
+    def _reattach(self, context: Context, ledger: RunLedger, record: AttemptRecord) -> Any:
         request = self._request(context, ledger, record)
-        handle = record.handle or self.backend.find(request)
+        handle = self.backend.load_handle(record.handle) if record.handle else self.backend.find(request)
         if handle is None:
             self.log.info("attempt %s was being launched when the last try ended; launching it idempotently",
                           record.number)
             return self._start(context, ledger, record)
-        record.handle = handle
         status = self.backend.describe(handle)
+        if record.outcome is AttemptState.LAUNCHING:
+            self._record_launch(context, ledger, record, handle)
         if status.is_final:
-            self.log.info("attempt %s ended while no one watched: %s", record.number, status.state)
-            event = self._event_from_status(record, status.to_dict())
+            self.log.info("attempt %s ended while no one watched: %s", record.number, status.state.value)
+            event = AttemptEvent.from_status(status, handle)
             return self._attempt_ended(context, ledger, event, in_new_try=True)
-        if record.outcome == L.LAUNCHING:
-            record.outcome = L.RUNNING
-            self._save(context, ledger)
-        self.log.info("re-attaching to attempt %s, still %s; not launching another", record.number, status.state)
+        self.log.info("re-attaching to attempt %s, still %s; not launching another", record.number,
+                      status.state.value)
         return self._wait_for_attempt(context, ledger, record)
 
     # =====================================================================================
@@ -530,41 +745,50 @@ class SpotTrainingOperator(BaseOperator):
     def _poll_interval(self) -> float:
         return self.poll_interval if self.poll_interval is not None else settings.poll_interval()
 
-    def _wait_for_attempt(self, context: Context, ledger: L.RunLedger, record: L.AttemptRecord) -> Any:
+    def _handle_of(self, record: AttemptRecord) -> AttemptHandle:
         assert record.handle is not None
+        return self.backend.load_handle(record.handle)
+
+    def _wait_for_attempt(self, context: Context, ledger: RunLedger, record: AttemptRecord) -> Any:
+        handle = self._handle_of(record)
         if self.deferrable:
             classpath, kwargs = self.backend.serialize()
             self.defer(
                 trigger=SpotTrainingTrigger(
                     backend_classpath=classpath,
                     backend_kwargs=kwargs,
-                    handle=record.handle,
+                    handle=handle.to_dict(),
                     attempt=record.number,
                     checkpoint_prefix=ledger.checkpoint_prefix,
                     poll_interval=self._poll_interval(),
                     progress_log_interval=self.progress_log_interval or settings.progress_log_interval(),
                     known_preemptions=record.preemptions,
+                    version=2,
                     **self._tick_kwargs(ledger, record),
                 ),
                 method_name="execute_complete",
             )
-        # blocking mode: hold the worker slot and poll here
-        self._live_handle = record.handle
+        return self._wait_blocking(context, ledger, record, handle)
+
+    def _wait_blocking(self, context: Context, ledger: RunLedger, record: AttemptRecord,
+                       handle: AttemptHandle) -> Any:
+        """Blocking mode: hold the worker slot and poll here, with the same rules as the trigger."""
+        self.backend.bind_poll_interval(self._poll_interval())
+        self._live_handle = handle
         try:
             while True:
-                status = self.backend.describe(record.handle)
+                status = self.backend.describe(handle)
                 if status.is_final or status.preemptions > record.preemptions:
                     break
                 time.sleep(self._poll_interval())
         finally:
             self._live_handle = None
-        event = self._event_from_status(record, status.to_dict())
         if not status.is_final:
-            event["status"] = INTERRUPTED
+            event = AttemptEvent.from_status(status, handle, kind=EventKind.INTERRUPTED)
             return self._attempt_interrupted(context, ledger, record, event)
-        return self._attempt_ended(context, ledger, event, in_new_try=False)
+        return self._attempt_ended(context, ledger, AttemptEvent.from_status(status, handle), in_new_try=False)
 
-    def _tick_kwargs(self, ledger: L.RunLedger, record: L.AttemptRecord) -> dict[str, Any]:
+    def _tick_kwargs(self, ledger: RunLedger, record: AttemptRecord) -> dict[str, Any]:
         """What the trigger needs to ask the policy about moving an on-demand attempt back to spot."""
         if not self.return_to_spot or record.capacity != Capacity.ON_DEMAND.value:
             return {}
@@ -580,46 +804,31 @@ class SpotTrainingOperator(BaseOperator):
         }
         return {"tick_policy": [classpath, kwargs], "tick_state": snapshot}
 
-    def _wait_for_capacity(self, context: Context, ledger: L.RunLedger, seconds: float) -> Any:
+    def _wait_for_capacity(self, context: Context, ledger: RunLedger, seconds: float,
+                           method: str = "execute_launch") -> Any:
         if self.deferrable:
             from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 
-            self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=seconds)), method_name="execute_launch")
+            self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=seconds)), method_name=method)
         time.sleep(seconds)
-        return self._next_attempt(context, ledger, Event.CAPACITY_UNAVAILABLE, spot_unavailable=True)
-
-    def _event_from_status(self, record: L.AttemptRecord, status: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "status": status["state"],
-            "reason": status.get("reason", ""),
-            "attempt": record.number,
-            "token": record.token,
-            "started_at": status.get("started_at"),
-            "ended_at": status.get("ended_at"),
-            "preemptions": status.get("preemptions", 0),
-            "details": status.get("details") or {},
-            "checkpoint": None,
-        }
+        return getattr(self, method)(context)
 
     # =====================================================================================
-    # an attempt ended, or was interrupted and restarted in place by its backend
+    # an attempt was interrupted and restarted in place by its backend, or moved, or lost
     # =====================================================================================
-    def _attempt_interrupted(self, context: Context, ledger: L.RunLedger, record: L.AttemptRecord,
-                             event: dict[str, Any]) -> Any:
+    def _attempt_interrupted(self, context: Context, ledger: RunLedger, record: AttemptRecord,
+                             event: AttemptEvent) -> Any:
         """The backend restarts the attempt itself (SageMaker): count, then keep it or escalate."""
-        record.preemptions = max(record.preemptions, int(event.get("preemptions") or 0))
-        if event.get("checkpoint"):
-            record.checkpoint_step = event["checkpoint"].get("step")
-            record.total_steps = event["checkpoint"].get("total_steps") or record.total_steps
+        record.preemptions = max(record.preemptions, event.preemptions)
+        self._note_evidence(ledger, record)
         decision = self._decide(ledger, Event.PREEMPTED, spot_unavailable=False)
         if decision.action is Action.ON_DEMAND and record.capacity == Capacity.SPOT.value:
             ledger.record_decision(decision, Event.PREEMPTED.value, time.time())
             self.log.info("attempt %s interrupted %s time(s); escalating: %s", record.number,
                           record.preemptions, decision.reason)
-            assert record.handle is not None
-            self.backend.stop(record.handle)
-            record.outcome, record.reason, record.ended_at = L.PREEMPTED, (
-                f"interrupted {record.preemptions} time(s); stopped to escalate to on-demand"), time.time()
+            self.backend.stop(self._handle_of(record))
+            record.outcome, record.ended_at = AttemptState.PREEMPTED, time.time()
+            record.reason = f"interrupted {record.preemptions} time(s); stopped to escalate to on-demand"
             self._save(context, ledger)
             return self._launch(context, ledger, Capacity.ON_DEMAND)
         self._save(context, ledger)
@@ -627,75 +836,121 @@ class SpotTrainingOperator(BaseOperator):
                       record.number, record.preemptions, decision.reason)
         return self._wait_for_attempt(context, ledger, record)
 
-    def _move_back_to_spot(self, context: Context, ledger: L.RunLedger, record: L.AttemptRecord,
-                           event: dict[str, Any]) -> Any:
+    def _move_back_to_spot(self, context: Context, ledger: RunLedger, record: AttemptRecord,
+                           event: AttemptEvent) -> Any:
         """The policy wants spot again: the on-demand attempt checkpoints and stops, spot takes over."""
-        decision = Decision(Action.SPOT, event.get("reason") or "the policy moved back to spot")
-        assert record.handle is not None
-        self.backend.stop(record.handle)  # a notice first: the training writes a checkpoint
-        status = self.backend.describe(record.handle)
-        record.outcome, record.reason = L.STOPPED, f"moved back to spot: {decision.reason}"
+        decision = Decision(Action.SPOT, event.reason or "the policy moved back to spot")
+        handle = self._handle_of(record)
+        self.backend.stop(handle)  # a notice first: the training writes a checkpoint
+        status = self.backend.describe(handle)
+        record.outcome, record.reason = AttemptState.STOPPED, f"moved back to spot: {decision.reason}"
         record.ended_at = status.ended_at or time.time()
         record.started_at = status.started_at or record.started_at or record.launched_at
-        step, total = self._latest_step(ledger)
-        record.checkpoint_step, record.total_steps = step, total or record.total_steps
+        self._note_evidence(ledger, record)
         ledger.record_decision(decision, Event.TICK.value, time.time())
         self._save(context, ledger)
-        self.log.info("attempt %s on on-demand stopped at step %s: %s", record.number, step, decision.reason)
+        self.log.info("attempt %s on on-demand stopped at step %s: %s", record.number, record.checkpoint_step,
+                      decision.reason)
         return self._launch(context, ledger, Capacity.SPOT)
+
+    def _attempt_lost(self, context: Context, ledger: RunLedger, record: AttemptRecord,
+                      event: AttemptEvent) -> Any:
+        """The trigger could not watch the attempt. Look once more; else hand it to the next try."""
+        handle = self._handle_of(record)
+        try:
+            status = self.backend.describe(handle)
+        except Exception as e:
+            status = None
+            self.log.warning("attempt %s: cannot read its status either: %s", record.number, e)
+        if status is not None and status.is_final:
+            return self._attempt_ended(context, ledger, AttemptEvent.from_status(status, handle), in_new_try=False)
+        ti = context["ti"]
+        if ti.try_number > getattr(ti, "max_tries", 0):  # no try left to re-attach: stop it first
+            self.log.warning("attempt %s is lost (%s) and no retry is left: stopping it", record.number, event.reason)
+            self.backend.stop(handle)
+            record.outcome, record.reason, record.ended_at = AttemptState.STOPPED, event.reason, time.time()
+            self._note_evidence(ledger, record)
+            self._save(context, ledger)
+            raise AirflowFailException(f"attempt {record.number} could not be watched ({event.reason}); "
+                                       "it was stopped, and checkpoints are kept for a new run")
+        raise AirflowException(
+            f"attempt {record.number} could not be watched ({event.reason}); it is left running and the next "
+            "try re-attaches to it (no second attempt is launched beside it)"
+        )
 
     # =====================================================================================
     # an attempt ended
     # =====================================================================================
-    def _attempt_ended(self, context: Context, ledger: L.RunLedger, event: dict[str, Any],
+    def _note_evidence(self, ledger: RunLedger, record: AttemptRecord) -> CheckpointInfo | None:
+        """What the training itself left: the newest checkpoint and its progress record."""
+        checkpoint = self._latest_checkpoint(ledger)
+        if checkpoint is not None:
+            record.checkpoint_step = checkpoint.step
+            record.total_steps = checkpoint.total_steps or record.total_steps
+        progress = self._progress_step(ledger, record)
+        if progress is not None:
+            record.progress_step = progress
+        return checkpoint
+
+    def _attempt_ended(self, context: Context, ledger: RunLedger, event: AttemptEvent,
                        *, in_new_try: bool) -> Any:
         record = ledger.current
         assert record is not None
-        if record.outcome in L.FINAL_OUTCOMES:
+        if record.outcome.is_final:
             self.log.warning("attempt %s was already recorded as %s; ignoring a repeated event",
-                             record.number, record.outcome)
+                             record.number, record.outcome.value)
             return self._continue_after(context, ledger, record, in_new_try)
-        status = event["status"]
-        record.outcome = status
-        record.reason = event.get("reason") or ""
-        record.started_at = event.get("started_at") or record.started_at or record.launched_at
-        record.ended_at = event.get("ended_at") or time.time()
-        preemptions = int(event.get("preemptions") or 0)
-        record.preemptions = max(preemptions, 1) if status == L.PREEMPTED else preemptions
-        details = event.get("details") or {}
+        state = event.kind.attempt_state
+        assert state is not None
+        record.reason = event.reason
+        record.started_at = event.started_at or record.started_at or record.launched_at
+        record.ended_at = event.ended_at or time.time()
+        record.preemptions = max(event.preemptions, 1) if state is AttemptState.PREEMPTED else event.preemptions
+        self._record_billing(record, event.details)
+        checkpoint = self._note_evidence(ledger, record)
+        if state is not AttemptState.SUCCEEDED and _finished_by(checkpoint, record):
+            state, record.preemptions = AttemptState.SUCCEEDED, 0
+            record.reason = (f"the training committed its final checkpoint (step {checkpoint.step}) before the "
+                             f"attempt ended ({event.kind.value}: {event.reason})")  # type: ignore[union-attr]
+        record.outcome = state
+        self._save(context, ledger)
+        self._release(record)
+        self.log.info(
+            "attempt %s on %s ended: %s (%s); checkpoint step %s; %s preemption(s) in total",
+            record.number, record.capacity, state.value, record.reason, record.checkpoint_step, ledger.preemptions,
+        )
+        return self._continue_after(context, ledger, record, in_new_try)
+
+    @staticmethod
+    def _record_billing(record: AttemptRecord, details: dict[str, Any]) -> None:
         if details.get("billable_seconds") is not None:
             record.billable_seconds = float(details["billable_seconds"])
         if details.get("training_seconds") is not None:
             record.training_seconds = float(details["training_seconds"])
         if details.get("on_demand_price") is not None:
             record.on_demand_price_per_hour = float(details["on_demand_price"])
-        checkpoint = event.get("checkpoint")
-        if checkpoint is None:
-            step, total = self._latest_step(ledger)
-            checkpoint = {"step": step, "total_steps": total} if step is not None else None
-        if checkpoint:
-            record.checkpoint_step = checkpoint.get("step")
-            record.total_steps = checkpoint.get("total_steps") or record.total_steps
-        self._save(context, ledger)
-        self.log.info(
-            "attempt %s on %s ended: %s (%s); checkpoint step %s; %s preemption(s) in total",
-            record.number, record.capacity, status, record.reason, record.checkpoint_step, ledger.preemptions,
-        )
-        return self._continue_after(context, ledger, record, in_new_try)
 
-    def _continue_after(self, context: Context, ledger: L.RunLedger, record: L.AttemptRecord,
+    def _release(self, record: AttemptRecord) -> None:
+        """Release whatever an ended attempt still holds (a stopped VM, a stuck job): ``stop`` is idempotent."""
+        try:
+            self.backend.stop(self._handle_of(record))
+        except Exception as e:  # the attempt has ended; its leftovers are reported, not fatal
+            self.log.warning("could not release attempt %s's resources: %s", record.number, e)
+
+    def _continue_after(self, context: Context, ledger: RunLedger, record: AttemptRecord,
                         in_new_try: bool) -> Any:
         outcome = record.outcome
-        if outcome == L.SUCCEEDED:
+        if outcome is AttemptState.SUCCEEDED:
             return self._finish(context, ledger)
-        if outcome == L.PREEMPTED:
+        if outcome is AttemptState.PREEMPTED:
             return self._next_attempt(context, ledger, Event.PREEMPTED)
-        if outcome == L.CAPACITY_UNAVAILABLE:
-            return self._next_attempt(context, ledger, Event.CAPACITY_UNAVAILABLE, spot_unavailable=True)
-        if outcome == L.STOPPED and in_new_try:
+        if outcome is AttemptState.CAPACITY_UNAVAILABLE:
+            error = CapacityUnavailable(record.reason, [record.reason], capacity=Capacity(record.capacity))
+            return self._after_no_capacity(context, ledger, error)
+        if outcome is AttemptState.STOPPED and in_new_try:
             # stopped while the task was killed; this new try carries on from the checkpoint
             return self._next_attempt(context, ledger, Event.FAILED)
-        if outcome == L.STOPPED:
+        if outcome is AttemptState.STOPPED:
             raise AirflowException(f"attempt {record.number} was stopped from outside: {record.reason}")
         if in_new_try:
             return self._next_attempt(context, ledger, Event.FAILED)
@@ -704,16 +959,38 @@ class SpotTrainingOperator(BaseOperator):
             f"from {ledger.checkpoint_prefix} with the ledger intact."
         )
 
-    def _finish(self, context: Context, ledger: L.RunLedger) -> dict[str, Any]:
+    def _finish(self, context: Context, ledger: RunLedger) -> dict[str, Any]:
         record = ledger.current
         summary = ledger.summary()
         if record is not None:
             try:
-                metrics = read_metrics(ledger.checkpoint_prefix, record.number, **self.backend.storage_options())
+                metrics = read_metrics(ledger.checkpoint_prefix, record.number,
+                                       **self.backend.checkpoint_storage_options())
             except Exception as e:  # metrics are optional
                 self.log.warning("could not read the training's metrics: %s", e)
                 metrics = None
             summary["metrics"] = metrics or {}
         context["ti"].xcom_push(key=XCOM_LEDGER_KEY, value=summary)
-        self.log.info("training finished:\n%s", L.format_summary(summary))
+        self.log.info("training finished:\n%s", format_summary(summary))
         return summary
+
+
+def _finished_by(checkpoint: CheckpointInfo | None, record: AttemptRecord) -> bool:
+    """Whether ``record``'s attempt itself committed the training's final checkpoint."""
+    return checkpoint is not None and checkpoint.is_final and checkpoint.token == record.token
+
+
+def _on_demand_wait(ledger: RunLedger) -> float:
+    """Seconds since the first of the latest run of on-demand launches that found no capacity."""
+    first = None
+    for attempt in reversed(ledger.attempts):
+        if attempt.capacity != Capacity.ON_DEMAND.value or attempt.outcome is not AttemptState.CAPACITY_UNAVAILABLE:
+            break
+        first = attempt.launched_at
+    return time.time() - first if first is not None else 0.0
+
+
+def _instant(epoch: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds")

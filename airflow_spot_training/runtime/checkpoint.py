@@ -27,13 +27,20 @@ from typing import IO, Any, Callable
 
 import fsspec
 
+from airflow_spot_training.core import contract as spot_contract
 from airflow_spot_training.core.checkpoint_protocol import (
     COMMIT_FILE,
     CommitRecord,
     parse_step_dir,
+    progress_record_name,
     result_record_name,
     step_dir_name,
 )
+
+#: seconds between two progress records on an object store (a local disk gets one per step);
+#: SPOT_TRAINING_PROGRESS_SECONDS overrides it
+REMOTE_PROGRESS_SECONDS = 5.0
+PROGRESS_SECONDS_ENV = "SPOT_TRAINING_PROGRESS_SECONDS"
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +74,17 @@ class CheckpointManager:
     :param every_seconds: :meth:`should_save` answers yes when this much wall-clock
         time passed since the last save.
     :param storage_options: passed to fsspec (credentials, endpoint URL, ...).
+    :param attempt: the attempt this process is; default: ``SPOT_TRAINING_ATTEMPT`` from the
+        environment contract. Progress records are kept per attempt.
+    :param token: the attempt's token, stamped on commit and progress records; default:
+        ``SPOT_TRAINING_TOKEN`` from the environment contract.
+    :param progress_every_seconds: at most one progress record per this many seconds;
+        default: every step on a local disk, every 5 s on an object store.
+
+    Progress: :meth:`should_save` (called after every step in the usual loop) and
+    :meth:`save` record the step the training has reached under
+    ``<prefix>/_progress/attempt-N.json``, so that the operator knows how far an attempt
+    got beyond its last checkpoint when a preemption cut it short (``recomputed_steps``).
     """
 
     def __init__(
@@ -77,6 +95,9 @@ class CheckpointManager:
         every_steps: int | None = None,
         every_seconds: float | None = None,
         storage_options: dict[str, Any] | None = None,
+        attempt: int | None = None,
+        token: str | None = None,
+        progress_every_seconds: float | None = None,
     ) -> None:
         if keep_last is not None and keep_last < 1:
             raise ValueError(f"keep_last must be 1 or more (or None to keep all), got {keep_last}")
@@ -90,6 +111,12 @@ class CheckpointManager:
         self.root = self.root.rstrip("/")
         self._last_save_time = time.monotonic()
         self._last_save_step: int | None = None
+        env_attempt = os.environ.get(spot_contract.ATTEMPT, "")
+        self.attempt = attempt if attempt is not None else (int(env_attempt) if env_attempt.isdigit() else None)
+        self.token = token if token is not None else (os.environ.get(spot_contract.TOKEN) or None)
+        self.progress_every_seconds = _progress_period(progress_every_seconds, self._is_local())
+        self._progress_step: int | None = None
+        self._progress_written_at = float("-inf")
 
     # -- paths -----------------------------------------------------------------------
     def _path(self, *parts: str) -> str:
@@ -126,8 +153,8 @@ class CheckpointManager:
                 record = CommitRecord.from_json(f.read())
         except FileNotFoundError:
             return None
-        except (ValueError, TypeError, KeyError):
-            log.warning("ignoring an unreadable commit record at %s", path)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            log.warning("ignoring the malformed commit record %s (%s); that step is not resumed from", path, e)
             return None
         if record.step != step:
             log.warning("ignoring commit record at %s: it names step %s", path, record.step)
@@ -156,7 +183,11 @@ class CheckpointManager:
 
     # -- writing ---------------------------------------------------------------------
     def should_save(self, step: int) -> bool:
-        """Whether the cadence (by steps or by wall-clock time) asks for a save after ``step``."""
+        """Whether the cadence (by steps or by wall-clock time) asks for a save after ``step``.
+
+        Also records ``step`` as the training's progress (see :meth:`report_progress`).
+        """
+        self.report_progress(step)
         if self.every_steps and step % self.every_steps == 0 and step != self._last_save_step:
             return True
         if self.every_seconds is not None and time.monotonic() - self._last_save_time >= self.every_seconds:
@@ -199,9 +230,10 @@ class CheckpointManager:
                 files=sorted(files),
                 total_steps=total_steps,
                 epoch=epoch,
-                attempt=attempt,
+                attempt=attempt if attempt is not None else self.attempt,
                 reason=reason,
                 fingerprint=fingerprint,
+                token=self.token,
             )
             self._commit(step_path, record)
         except OSError as e:
@@ -209,7 +241,39 @@ class CheckpointManager:
         self._last_save_time = time.monotonic()
         self._last_save_step = step
         self._apply_retention()
+        self.report_progress(step, force=True)
         return Checkpoint(self._uri_of(step_path), record)
+
+    # -- progress ----------------------------------------------------------------------
+    def report_progress(self, step: int, *, force: bool = False) -> None:
+        """Record that the training has executed ``step`` (never fails the training).
+
+        Written at most every ``progress_every_seconds`` unless ``force``; only for a
+        process launched by a backend (it needs the attempt number).
+        """
+        if self.attempt is None or step == self._progress_step:
+            return
+        now = time.monotonic()
+        if not force and now - self._progress_written_at < self.progress_every_seconds:
+            return
+        record = json.dumps({"step": step, "token": self.token, "at": time.time()}).encode()
+        try:
+            self._put_small(self._path(progress_record_name(self.attempt)), record)
+        except OSError as e:  # progress is a report, not a duty: the training goes on
+            log.debug("could not write the progress record: %s", e)
+            return
+        self._progress_step, self._progress_written_at = step, now
+
+    def _put_small(self, path: str, data: bytes) -> None:
+        """Replace a small object whole: a rename on local disks, one PUT on object stores."""
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        if not self._is_local():
+            self.fs.pipe_file(path, data)
+            return
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
 
     def _write(self, path: str, payload: bytes | Callable[[IO[bytes]], None]) -> None:
         if isinstance(payload, (bytes, bytearray, memoryview)):
@@ -278,6 +342,18 @@ class CheckpointManager:
                 "Point checkpoint_prefix (or [spot_training] checkpoint_base_uri) at a location "
                 "the workers and the training can write to."
             ) from e
+
+
+def _progress_period(configured: float | None, local: bool) -> float:
+    if configured is not None:
+        return max(0.0, float(configured))
+    from_env = os.environ.get(PROGRESS_SECONDS_ENV)
+    if from_env:
+        try:
+            return max(0.0, float(from_env))
+        except ValueError:
+            log.warning("ignoring %s=%r: not a number of seconds", PROGRESS_SECONDS_ENV, from_env)
+    return 0.0 if local else REMOTE_PROGRESS_SECONDS
 
 
 def _fsync_dir(path: str) -> None:

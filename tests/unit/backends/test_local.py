@@ -15,7 +15,7 @@ from airflow_spot_training.backends.base import (
     BackendConfigError,
     LaunchRequest,
     SpotBackend,
-    SpotCapacityUnavailable,
+    CapacityUnavailable,
     resolve_backend,
 )
 from airflow_spot_training.backends.local import (
@@ -66,7 +66,7 @@ def _wait_for_file(path: Path, timeout: float = 60) -> None:
     assert path.exists(), f"{path} never appeared"
 
 
-def _wait_final(backend: LocalBackend, handle: dict, timeout: float = 30):
+def _wait_final(backend: LocalBackend, handle, timeout: float = 30):
     end = time.time() + timeout
     while time.time() < end:
         status = backend.describe(handle)
@@ -93,7 +93,7 @@ class TestLocalBackend:
         b = _backend(tmp_path, env={"RUN_SECONDS": "30", "IGNORE_TERM": "1"}, notice_seconds=0.5)
         handle = b.launch(_request(tmp_path))
         _wait_for_file(tmp_path / "pid-1")  # up, with its SIGTERM disposition set
-        assert request_preemption(handle["attempt_dir"])
+        assert request_preemption(handle.attempt_dir)
         status = _wait_final(b, handle)
         assert status.state == "preempted" and status.preemptions == 1
         assert status.details["exit_code"] == -9
@@ -119,7 +119,7 @@ class TestLocalBackend:
             "from tests.unit.backends.test_local import _backend, _request\n"
             "from pathlib import Path\n"
             "h = _backend(Path(%r), env={'RUN_SECONDS': '1.5'}).launch(_request(Path(%r)))\n"
-            "print(json.dumps(h))\n"
+            "print(json.dumps(h.to_dict()))\n"
         ) % (str(Path(__file__).parents[3]), str(tmp_path), str(tmp_path))
         import subprocess
 
@@ -136,13 +136,13 @@ class TestLocalBackend:
         pid = int((tmp_path / "pid-1").read_text().split()[0])
         b.stop(handle)
         assert b.describe(handle).state == "stopped"
-        assert not _alive(pid) and not _alive(handle["supervisor_pid"])
+        assert not _alive(pid) and not _alive(handle.supervisor_pid)
 
     def test_vanished_supervisor_is_a_failure(self, tmp_path):
         b = _backend(tmp_path, env={"RUN_SECONDS": "60"})
         handle = b.launch(_request(tmp_path))
         time.sleep(0.3)
-        os.killpg(handle["supervisor_pid"], 9)
+        os.killpg(handle.supervisor_pid, 9)
         status = _wait_final(b, handle)
         assert status.state == "failed" and "vanished" in status.reason
 
@@ -150,7 +150,7 @@ class TestLocalBackend:
         trace = tmp_path / "t.json"
         trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [0, 0, 1, 1]}))
         b = _backend(tmp_path, preemptions=trace_preemptions(str(trace), seconds_per_sample=100))
-        with pytest.raises(SpotCapacityUnavailable, match="no spot capacity at sample 0"):
+        with pytest.raises(CapacityUnavailable, match="no spot capacity at sample 0"):
             b.launch(_request(tmp_path))
         # on-demand does not care about spot capacity
         assert _wait_final(b, b.launch(_request(tmp_path, attempt=2, capacity=Capacity.ON_DEMAND))).state == "succeeded"
@@ -161,7 +161,7 @@ class TestLocalBackend:
         b = _backend(tmp_path, env={"RUN_SECONDS": "30"},
                      preemptions=trace_preemptions(str(trace), seconds_per_sample=0.2))
         handle = b.launch(_request(tmp_path))
-        assert handle["preempt_at"] == pytest.approx(handle["launched_at"] + 0.4, abs=0.05)
+        assert handle.preempt_at == pytest.approx(handle.launched_at + 0.4, abs=0.05)
         assert _wait_final(b, handle).state == "preempted"
 
     def test_random_rate_is_reproducible(self, tmp_path):
@@ -181,10 +181,12 @@ class TestLocalBackend:
         "kwargs, message",
         [
             ({"command": None}, "LocalBackend needs command"),
-            ({"command": "python train.py"}, "LocalBackend needs command"),
-            ({"command": ["x"], "notice_seconds": -1}, "notice_seconds must be 0 or more"),
+            ({"command": "python train.py"}, r"command='python train.py' is invalid.*as a list of strings"),
+            ({"command": ["x"], "notice_seconds": -1}, r"notice_seconds=-1 is invalid \(Input should be greater"),
             ({"command": ["x"], "preemptions": {"kind": "sometimes"}}, "is not a schedule"),
-            ({"command": ["x"], "preemptions": trace_preemptions("/nonexistent.json")}, "does not exist"),
+            ({"command": ["x"], "preemptions": {"kind": "trace", "path": "/nonexistent.json"}}, "does not exist"),
+            ({"command": ["x"], "env": {"2FA": "x"}}, "are not environment variable names"),
+            ({"command": ["x"], "notice_secs": 1}, "has no argument notice_secs=. Did you mean notice_seconds="),
         ],
     )
     def test_bad_configuration(self, kwargs, message):
@@ -223,3 +225,7 @@ class TestStepPreemptions:
     def test_bad_steps(self):
         with pytest.raises(BackendConfigError, match="step_preemptions takes non-negative integers"):
             LocalBackend(command=["x"], preemptions=step_preemptions([1.5]))
+
+    def test_a_missing_trace_is_named_when_the_schedule_is_built(self):
+        with pytest.raises(BackendConfigError, match="trace file '/nonexistent.json' does not exist"):
+            trace_preemptions("/nonexistent.json")

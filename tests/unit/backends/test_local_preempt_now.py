@@ -36,7 +36,7 @@ def _wait_final(backend: LocalBackend, handle: dict, timeout: float = 60.0):
 
 def _wait_started(handle: dict, steps: int = 1, timeout: float = 30.0) -> None:
     """Until the training has recorded its start (and so installed its SIGTERM handler)."""
-    log = Path(handle["attempt_dir"]) / "training.log"
+    log = Path(handle.attempt_dir) / "training.log"
     deadline = time.time() + timeout
     while time.time() < deadline:
         if log.exists() and '"event": "start"' in log.read_text():
@@ -57,7 +57,7 @@ class TestPreemptNow:
                                notice_seconds=5, state_dir=str(tmp_path / "state"))
         h1 = backend.launch(_request(tmp_path, 1, Capacity.SPOT))
         _wait_started(h1)
-        assert preempt_running(tmp_path / "state") == [Path(h1["attempt_dir"])]
+        assert preempt_running(tmp_path / "state") == [Path(h1.attempt_dir)]
         s1 = _wait_final(backend, h1)
         assert s1.state == "preempted" and s1.preemptions == 1
         step = CheckpointManager(str(tmp_path / "ckpt" / "k1")).latest().step
@@ -65,7 +65,7 @@ class TestPreemptNow:
 
         h2 = backend.launch(_request(tmp_path, 2, Capacity.ON_DEMAND))
         _wait_started(h2)
-        assert request_preemption(h2["attempt_dir"]) is False  # on-demand is never reclaimed
+        assert request_preemption(h2.attempt_dir) is False  # on-demand is never reclaimed
         assert _wait_final(backend, h2).state == "succeeded"
         starts = _evidence(tmp_path / "ckpt" / "k1")
         assert [(s["attempt"], s["start_step"]) for s in starts] == [(1, 0), (2, step)]
@@ -76,7 +76,7 @@ class TestPreemptNow:
         backend = LocalBackend(TINY + ["--steps", "2", "--step-seconds", "0"], state_dir=str(tmp_path / "state"))
         handle = backend.launch(_request(tmp_path, 1, Capacity.SPOT))
         assert _wait_final(backend, handle).state == "succeeded"
-        assert request_preemption(handle["attempt_dir"]) is False
+        assert request_preemption(handle.attempt_dir) is False
         assert preempt_running(tmp_path / "state") == []
 
 
@@ -92,10 +92,10 @@ class TestTinyWorkload:
         while CheckpointManager(str(prefix)).latest() is None or CheckpointManager(str(prefix)).latest().step < 10:
             assert time.time() < deadline
             time.sleep(0.05)
-        assert request_preemption(h1["attempt_dir"])
+        assert request_preemption(h1.attempt_dir)
         assert _wait_final(backend, h1).state == "preempted"
         committed = CheckpointManager(str(prefix)).latest().step
-        stalled = [json.loads(line)["step"] for line in (Path(h1["attempt_dir"]) / "training.log").read_text()
+        stalled = [json.loads(line)["step"] for line in (Path(h1.attempt_dir) / "training.log").read_text()
                    .splitlines() if "stalling-save" in line]
         assert len(stalled) == 1 and stalled[0] > committed  # the cut-short write was newer
 

@@ -3,17 +3,18 @@ from __future__ import annotations
 import json
 
 from airflow_spot_training.core import ledger as L
+from airflow_spot_training.core.attempt import AttemptState
 from airflow_spot_training.core.policy import Action, Decision
 
 
 def _ledger() -> L.RunLedger:
     led = L.RunLedger(run_key="k", checkpoint_prefix="/ck", prices={"spot": 1.0, "on_demand": 3.0})
     led.attempts = [
-        L.AttemptRecord(1, "spot", "k-a1", 1, outcome=L.PREEMPTED, started_at=0, ended_at=3600, preemptions=1,
+        L.AttemptRecord(1, "spot", "k-a1", 1, outcome=AttemptState.PREEMPTED, started_at=0, ended_at=3600, preemptions=1,
                         start_step=None, checkpoint_step=40, total_steps=100, price_per_hour=1.0),
-        L.AttemptRecord(2, "spot", "k-a2", 1, outcome=L.PREEMPTED, started_at=3600, ended_at=5400,
+        L.AttemptRecord(2, "spot", "k-a2", 1, outcome=AttemptState.PREEMPTED, started_at=3600, ended_at=5400,
                         preemptions=1, start_step=30, checkpoint_step=60, total_steps=100, price_per_hour=1.0),
-        L.AttemptRecord(3, "on_demand", "k-a3", 2, outcome=L.SUCCEEDED, started_at=5400, ended_at=7200,
+        L.AttemptRecord(3, "on_demand", "k-a3", 2, outcome=AttemptState.SUCCEEDED, started_at=5400, ended_at=7200,
                         start_step=60, checkpoint_step=100, total_steps=100, price_per_hour=3.0),
     ]
     return led
@@ -23,7 +24,7 @@ class TestRunLedger:
     def test_preemptions_are_derived_from_attempts(self):
         led = _ledger()
         assert led.preemptions == 2
-        led.attempts.append(L.AttemptRecord(4, "spot", "k-a4", 2, outcome=L.SUCCEEDED, preemptions=3))
+        led.attempts.append(L.AttemptRecord(4, "spot", "k-a4", 2, outcome=AttemptState.SUCCEEDED, preemptions=3))
         assert led.preemptions == 5  # in-place restarts (SageMaker) count too
 
     def test_json_round_trip_keeps_everything(self):
@@ -42,7 +43,7 @@ class TestRunLedger:
         assert s["savings"]["saved_fraction"] == 0.5
         assert s["final_checkpoint_step"] == 100
         assert s["recomputed_steps"] == 10  # attempt 2 resumed at 30 after attempt 1 reached 40
-        assert s["outcome"] == L.SUCCEEDED
+        assert s["outcome"] == AttemptState.SUCCEEDED
 
     def test_escalation_recorded_only_when_capacity_changes(self):
         led = _ledger()
@@ -54,7 +55,7 @@ class TestRunLedger:
 
     def test_cost_unknown_without_prices(self):
         led = L.RunLedger(run_key="k", checkpoint_prefix="/ck")
-        led.attempts = [L.AttemptRecord(1, "spot", "t", 1, outcome=L.SUCCEEDED, started_at=0, ended_at=10)]
+        led.attempts = [L.AttemptRecord(1, "spot", "t", 1, outcome=AttemptState.SUCCEEDED, started_at=0, ended_at=10)]
         assert led.summary()["cost"] is None
 
     def test_format_summary_mentions_the_essentials(self):

@@ -29,7 +29,7 @@ class TestSpotTrainingOperatorArguments:
         assert op.deferrable is True
         assert isinstance(op.escalation_policy, ThresholdPolicy) and op.escalation_policy.max_preemptions == 3
         assert op.restart_overhead == BACKEND.default_restart_overhead
-        assert set(op.template_fields) == {"checkpoint_prefix", "deadline"}
+        assert set(op.template_fields) == {"checkpoint_prefix", "deadline", "backend"}
 
     def test_backend_by_name_needs_its_settings(self):
         with pytest.raises(SpotTrainingConfigError, match="train: LocalBackend needs command"):
@@ -89,5 +89,17 @@ class TestSpotTrainingOperatorArguments:
 
 def test_default_checkpoint_prefix_is_path_safe():
     prefix = default_checkpoint_prefix("s3://b/base/", "dag", "manual__2026-11-22T06:36:40+00:00", "train", -1)
-    assert prefix == "s3://b/base/dag/manual__2026-11-22T06_36_40_00_00/train"
+    assert prefix == "s3://b/base/dag/manual__2026-11-22T06%3A36%3A40+00%3A00/train"
     assert default_checkpoint_prefix("/x", "d", "r", "t", 3) == "/x/d/r/t/3"
+
+
+def test_default_checkpoint_prefix_keeps_distinct_run_ids_distinct():
+    prefixes = {default_checkpoint_prefix("/x", "d", run_id, "t", -1) for run_id in ("a:b", "a_b", "a/b", "a%3Ab")}
+    assert len(prefixes) == 4
+    assert all(p.count("/") == 4 for p in prefixes)  # a run id never adds a directory level
+
+
+@pytest.mark.parametrize("run_id", [".", ".."])
+def test_default_checkpoint_prefix_refuses_dot_components(run_id):
+    with pytest.raises(SpotTrainingConfigError, match="cannot be a path component"):
+        default_checkpoint_prefix("/x", "d", run_id, "t", -1)

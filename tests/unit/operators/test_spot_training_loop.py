@@ -7,11 +7,12 @@ import json
 import sys
 import textwrap
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
-from airflow_spot_training.backends.base import AttemptStatus, LaunchRequest, SpotCapacityUnavailable
+from airflow_spot_training.backends.base import AttemptStatus, LaunchRequest, CapacityUnavailable
 from airflow_spot_training.backends.local import LocalBackend, fixed_preemptions
 from airflow_spot_training.core.policy import Action, Decision
 from airflow_spot_training.operators.spot_training import LEDGER_KEY, SpotTrainingOperator
@@ -54,7 +55,7 @@ class WorkerDied(BaseException):
 
 
 class CrashAfterLaunch(LocalBackend):
-    crashes = 1
+    crashes: ClassVar[int] = 1
 
     def launch(self, request: LaunchRequest):
         handle = super().launch(request)
@@ -174,7 +175,7 @@ class InPlaceBackend(LocalBackend):
 
     def describe(self, handle):
         status = super().describe(handle)
-        counter = Path(handle["attempt_dir"]) / "interruptions"
+        counter = Path(self.load_handle(handle).attempt_dir) / "interruptions"
         n = int(counter.read_text()) if counter.exists() else 0
         if not status.is_final:
             return AttemptStatus(state="running", preemptions=n, started_at=status.started_at)
