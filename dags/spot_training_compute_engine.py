@@ -41,10 +41,9 @@ with DAG(
         checkpoint_prefix=GCS_PREFIX + "/{{ dag.dag_id }}/{{ run_id }}/train",
         max_preemptions=2,  # the third attempt runs on a STANDARD VM
         deadline="8h",
-        backend_options={
-            "spot_price_per_hour": 0.32,  # for the ledger's cost and savings figures
-            "on_demand_price_per_hour": 0.98,
-        },
+        service_account=f"spot-trainer@{PROJECT_ID}.iam.gserviceaccount.com",  # see docs/backends/gcp.md
+        spot_price_per_hour=0.32,  # for the ledger's cost and savings figures
+        on_demand_price_per_hour=0.98,
         retries=2,  # a retry re-attaches to the running VM, or resumes from the checkpoints
     )
     # [END howto_operator_spot_training_compute_engine]

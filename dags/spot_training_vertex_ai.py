@@ -38,11 +38,9 @@ with DAG(
         checkpoint_prefix=GCS_PREFIX + "/{{ dag.dag_id }}/{{ run_id }}/train/checkpoints",
         max_preemptions=2,
         deadline="8h",
-        backend_options={
-            "max_pending_seconds": 1800,  # a spot job queued this long counts as "no spot capacity"
-            "spot_price_per_hour": 0.21,
-            "on_demand_price_per_hour": 0.73,
-        },
+        max_pending_seconds=1800,  # a spot job queued this long counts as "no spot capacity"
+        spot_price_per_hour=0.21,
+        on_demand_price_per_hour=0.73,
         retries=2,
     )
     # [END howto_operator_spot_training_vertex_ai]

@@ -262,8 +262,8 @@ def _transition(job: Any, status: str, message: str = "") -> None:
 
 
 # -- the machine: what the training on an instance would do ----------------------------------
-def checkpoint_prefix_of(handle: dict[str, Any]) -> str:
-    return handle["result_uri"].rsplit("/_results/", 1)[0]
+def checkpoint_prefix_of(handle: Any) -> str:
+    return handle.result_uri.rsplit("/_results/", 1)[0]
 
 
 class EC2Machine:
@@ -283,13 +283,13 @@ class EC2Machine:
         self.total_steps = total_steps
         self.steps_per_attempt = steps_per_attempt
         self.resumed_from: dict[int, int] = {}
-        self.handles: list[dict[str, Any]] = []
+        self.handles: list[Any] = []
 
-    def __call__(self, handle: dict[str, Any]) -> None:
+    def __call__(self, handle: Any) -> None:
         from airflow_spot_training.runtime.checkpoint import CheckpointManager
 
         self.handles.append(handle)
-        attempt = int(handle["attempt"])
+        attempt = int(handle.attempt)
         ending = self.endings.get(attempt, "finish")
         manager = CheckpointManager(checkpoint_prefix_of(handle), keep_last=None,
                                     storage_options=self.storage_options)
@@ -303,10 +303,11 @@ class EC2Machine:
             manager.save(step, {"model.bin": f"weights at {step}".encode()}, total_steps=self.total_steps,
                          attempt=attempt)
         if ending == "reclaim":
-            reclaim_instance(handle["instance_id"])
+            reclaim_instance(handle.instance_id)
             return
-        manager.write_result(attempt, {"exit_code": 0 if ending == "finish" else 3, "attempt": attempt})
-        shut_down_instance(handle["instance_id"])
+        manager.write_result(attempt, {"exit_code": 0 if ending == "finish" else 3, "attempt": attempt,
+                                       "token": handle.token})
+        shut_down_instance(handle.instance_id)
 
 
 def install_sagemaker_quota_error(monkeypatch: Any) -> None:
@@ -341,10 +342,10 @@ class SageMakerMachine:
         self.total_steps = total_steps
         self.resumed_from: list[tuple[str, int]] = []
 
-    def __call__(self, handle: dict[str, Any]) -> None:
+    def __call__(self, handle: Any) -> None:
         from airflow_spot_training.runtime.checkpoint import CheckpointManager
 
-        name = handle["job_name"]
+        name = handle.job_name
         action = self.script.pop(0)
         job = self.cloud.job(name)
         prefix = job.checkpoint_config["S3Uri"]

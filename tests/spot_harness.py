@@ -69,7 +69,7 @@ async def first_event(trigger: Any, timeout: float = 60.0) -> dict[str, Any]:
 
 
 def run_try(operator: Any, store: JsonFileStateStore, try_number: int,
-            machine: Callable[[dict[str, Any]], None] | None = None) -> tuple[Any, TryInstance]:
+            machine: Callable[[Any], None] | None = None) -> tuple[Any, TryInstance]:
     """Run one task try to its end; return (result, task instance). Exceptions propagate."""
     ti = TryInstance(try_number)
     context: dict[str, Any] = {"ti": ti, "task_state_store": store}
@@ -81,7 +81,7 @@ def run_try(operator: Any, store: JsonFileStateStore, try_number: int,
             trigger = rebuild(deferred.trigger)
             if type(trigger).__name__ == "SpotTrainingTrigger":
                 if machine is not None:
-                    machine(trigger.handle)
+                    machine(trigger.attempt_handle)
                 event = asyncio.run(first_event(trigger))
             else:  # waiting for spot capacity: no need to sleep in a test
                 event = None

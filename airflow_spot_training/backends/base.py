@@ -61,6 +61,8 @@ __all__ = [
 #: version of ``serialize()`` output; kwargs without a version are version 1 (same fields)
 CONFIG_VERSION = 2
 _TEMPLATE = re.compile(r"{{|{%")
+#: the names pydantic puts in an error's location for the alternatives of a union type
+_TYPE_TAG = re.compile(r"^(constrained-\w+|function-[\w-]+\[.*\]|\w+\[.*\]|str|int|float|bool|list|dict|none)$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -357,7 +359,11 @@ class SpotBackend(BaseModel, ABC):
 # -- messages ------------------------------------------------------------------------------------
 def describe_validation_error(cls: type[SpotBackend], error: ValidationError) -> str:
     """One message per bad argument, each naming the argument and how to fix it."""
-    return " ".join(_problem(cls, problem) for problem in error.errors())
+    first_per_argument: dict[str, Mapping[str, Any]] = {}
+    for problem in error.errors():  # a union type reports one problem per alternative: keep the first
+        name = str(problem["loc"][0]) if problem.get("loc") else ""
+        first_per_argument.setdefault(name, problem)
+    return " ".join(_problem(cls, problem) for problem in first_per_argument.values())
 
 
 def _problem(cls: type[SpotBackend], problem: Mapping[str, Any]) -> str:
@@ -378,7 +384,7 @@ def _problem(cls: type[SpotBackend], problem: Mapping[str, Any]) -> str:
     shown = _shown(problem.get("input"))
     if kind == "value_error":  # our own validators: the message already says the fix
         return f"{cls.__name__}: {name}={shown} is invalid: {message}"
-    location = "".join(f"[{part!r}]" for part in problem["loc"][1:])
+    location = "".join(f"[{part!r}]" for part in problem["loc"][1:] if not _TYPE_TAG.match(str(part)))
     return f"{cls.__name__}: {name}{location}={shown} is invalid ({message}). {name}: {doc}."
 
 

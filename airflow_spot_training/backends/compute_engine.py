@@ -334,13 +334,14 @@ class ComputeEngineSpotBackend(SpotBackend):
             if not codes:
                 return self._handle(request, project, zone, tried)
             if set(codes) & CAPACITY_ERROR_CODES:
-                tried.append(f"{self.machine_type}@{zone}: ZONE_RESOURCE_POOL_EXHAUSTED")
+                tried.append(zone)
                 continue
             raise self._operation_error(operation, project, zone)
         what = "spot" if request.capacity is Capacity.SPOT else "on-demand"
+        pools = [f"{self.machine_type}@{zone}: ZONE_RESOURCE_POOL_EXHAUSTED" for zone in tried]
         raise CapacityUnavailable(
-            f"no {what} capacity for {self.machine_type} in any of {len(self.zones)} zone(s): {'; '.join(tried)}. "
-            "More zones in zones=[...] widen the search.", pools_tried=tried, capacity=request.capacity)
+            f"no {what} capacity for {self.machine_type} in any of {len(self.zones)} zone(s): {'; '.join(pools)}. "
+            "More zones in zones=[...] widen the search.", pools_tried=pools, capacity=request.capacity)
 
     def _existing(self, request: LaunchRequest, project: str, zone: str, tried: list[str]) -> ComputeEngineHandle:
         """The insert hit a VM of the same name: ours (same token label) is re-attached, any other refused."""

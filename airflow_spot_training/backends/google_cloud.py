@@ -76,19 +76,22 @@ _RATE_WORDS = re.compile(r"rate limit|ratelimit|per minute|per second|too many r
 def is_retryable(error: BaseException) -> bool:
     """Throttling and transient server errors: retried with jittered backoff, never shown as failures.
 
-    429, 500, 502, 503, 504, and 403/RESOURCE_EXHAUSTED answers that are rate limits (per-minute
-    quotas, ``rateLimitExceeded``) rather than exhausted resource quotas.
+    500, 502, 503, 504, deadline exceeded, and 429/403/RESOURCE_EXHAUSTED answers that are rate
+    limits (``rateLimitExceeded``, per-minute or per-second quotas) rather than an exhausted
+    resource quota (CPUs, GPUs: the user has to raise those, see :func:`translate_http_error`).
     """
     from google.api_core import exceptions as gexc
 
-    if isinstance(error, (gexc.TooManyRequests, gexc.InternalServerError, gexc.BadGateway,
-                          gexc.ServiceUnavailable, gexc.GatewayTimeout, gexc.DeadlineExceeded)):
+    if isinstance(error, (gexc.InternalServerError, gexc.BadGateway, gexc.ServiceUnavailable,
+                          gexc.GatewayTimeout, gexc.DeadlineExceeded)):
         return True
-    if isinstance(error, (gexc.Forbidden, gexc.ResourceExhausted)):
-        reasons = {str(x.get("reason", "")) for x in (getattr(error, "errors", None) or []) if isinstance(x, dict)}
-        return bool(reasons & {"rateLimitExceeded", "userRateLimitExceeded"}) or bool(
-            _RATE_WORDS.search(getattr(error, "message", None) or str(error)))
-    return False
+    if not isinstance(error, (gexc.TooManyRequests, gexc.Forbidden, gexc.ResourceExhausted)):
+        return False
+    message = getattr(error, "message", None) or str(error)
+    reasons = {str(x.get("reason", "")) for x in (getattr(error, "errors", None) or []) if isinstance(x, dict)}
+    if reasons & {"rateLimitExceeded", "userRateLimitExceeded"} or _RATE_WORDS.search(message):
+        return True
+    return isinstance(error, gexc.TooManyRequests) and not re.search(r"\bquota\b", message, re.I)
 
 
 @functools.lru_cache(maxsize=None)

@@ -28,6 +28,7 @@ def render_ec2_user_data(
     command: str,
     container_image: str | None = None,
     env: dict[str, str] | None = None,
+    secrets: dict[str, str] | None = None,
     shutdown_command: str = "shutdown -h now",
     log_file: str = "/var/log/spot-training.log",
     template: str | None = None,
@@ -39,12 +40,15 @@ def render_ec2_user_data(
         arguments when ``container_image`` is set.
     :param container_image: run this image with ``docker run`` instead of a host command.
     :param env: extra environment variables for the training.
+    :param secrets: environment variables to resolve on the instance from AWS Secrets Manager
+        (``{name: secret id or ARN}``); only the references are in the user data.
     :param shutdown_command: what ends the machine once the result record is written.
     :param log_file: where the script and the training log to on the instance.
     :param template: a replacement template with the same ``@@NAME@@`` placeholders.
     """
     env = dict(env or {})
-    for name in env:
+    secrets = dict(secrets or {})
+    for name in [*env, *secrets]:
         if not _ENV_NAME.match(name):
             raise ValueError(f"env: {name!r} is not a valid environment variable name")
     values = {
@@ -54,6 +58,7 @@ def render_ec2_user_data(
         "PREEMPTIONS": str(contract.preemptions),
         "RUN_KEY": contract.run_key,
         "RESULT_URI": contract.result_uri,
+        "TOKEN": contract.token,
         "COMMAND": command,
         "CONTAINER_IMAGE": container_image or "",
         "SHUTDOWN_COMMAND": shutdown_command,
@@ -63,7 +68,10 @@ def render_ec2_user_data(
     for key, value in values.items():
         text = text.replace(f"@@{key}@@", shlex.quote(value))
     text = text.replace("@@EXTRA_ENV@@", "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())))
-    pattern = "|".join(f"{re.escape(k)}=" for k in sorted(env)) or "SPOT_TRAINING_"
+    text = text.replace("@@SECRETS@@", "\n".join(
+        f'{k}="$(resolve_secret {shlex.quote(ref)})" || {{ log "could not resolve secret {k}"; }}; export {k}'
+        for k, ref in sorted(secrets.items())))
+    pattern = "|".join(f"{re.escape(k)}=" for k in sorted({**env, **secrets})) or "SPOT_TRAINING_"
     text = text.replace("@@EXTRA_ENV_PATTERN@@", pattern)
     size = len(text.encode())
     if size > MAX_USER_DATA_BYTES:

@@ -2,19 +2,26 @@
 # airflow-spot-training EC2 bootstrap: rendered once per attempt by EC2SpotBackend.
 #
 # What it does, in order:
-#   1. exports the environment contract (SPOT_TRAINING_*) and the user's extra variables;
+#   1. exports the environment contract (SPOT_TRAINING_*), the user's extra variables, and
+#      the secrets resolved from AWS Secrets Manager (values never appear in the user data);
 #   2. runs the user's command, or the user's container with the same variables;
-#   3. writes the attempt's result record {"exit_code", "finished_at", "instance_id", ...}
-#      to SPOT_TRAINING_RESULT_URI (under the checkpoint prefix);
-#   4. shuts the instance down. The backend launches it with
+#   3. asks IMDS whether a spot reclaim is scheduled (spot/instance-action answers 200): a
+#      training that caught the two-minute notice and exited early was reclaimed, not failed;
+#   4. writes the attempt's result record {"exit_code", "token", "reclaim_notice",
+#      "finished_at", "instance_id", ...} to SPOT_TRAINING_RESULT_URI (under the checkpoint
+#      prefix; the token tells it from a record another run left at the same prefix);
+#   5. shuts the instance down. The backend launches it with
 #      InstanceInitiatedShutdownBehavior=terminate, so shutting down terminates it and
 #      the state reason becomes Client.InstanceInitiatedShutdown: "the training ended",
-#      success or failure read from the result record.
+#      how it ended read from the result record.
 #
-# A spot reclaim terminates the instance from outside (Server.SpotInstanceTermination);
-# this script then never reaches step 3, and the backend reports a preemption.
-# Training code gets the two-minute notice through
+# A spot reclaim that lands while the training runs terminates the instance from outside
+# (Server.SpotInstanceTermination), and the backend reports a preemption unless the record
+# says the training had already exited 0. Training code gets the two-minute notice through
 # airflow_spot_training.runtime.interruption.InterruptionWatcher(aws_imds=True).
+#
+# IMDSv2 only (the backend launches with HttpTokens=required). SPOT_TRAINING_IMDS_URL
+# overrides the IMDS address (tests run this script against a loopback IMDS).
 #
 # Placeholders @@NAME@@ are replaced by shell-quoted values when rendering.
 set -u
@@ -25,21 +32,34 @@ export SPOT_TRAINING_CAPACITY=@@CAPACITY@@
 export SPOT_TRAINING_PREEMPTIONS=@@PREEMPTIONS@@
 export SPOT_TRAINING_RUN_KEY=@@RUN_KEY@@
 export SPOT_TRAINING_RESULT_URI=@@RESULT_URI@@
+export SPOT_TRAINING_TOKEN=@@TOKEN@@
 @@EXTRA_ENV@@
 TRAINING_COMMAND=@@COMMAND@@
 CONTAINER_IMAGE=@@CONTAINER_IMAGE@@
 SHUTDOWN_COMMAND=@@SHUTDOWN_COMMAND@@
 LOG_FILE=@@LOG_FILE@@
 
+IMDS_URL="${SPOT_TRAINING_IMDS_URL:-http://169.254.169.254}"
+
 log() { echo "[spot-training] $(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$LOG_FILE" >&2; }
 
-instance_id() {
+imds() {  # $1: a meta-data path; prints the body, fails on any answer but 200
   local token
-  token=$(curl -sf -m 2 -X PUT http://169.254.169.254/latest/api/token \
-          -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' 2>/dev/null) || { echo unknown; return; }
-  curl -sf -m 2 -H "X-aws-ec2-metadata-token: $token" \
-       http://169.254.169.254/latest/meta-data/instance-id 2>/dev/null || echo unknown
+  token=$(curl -sf -m 2 -X PUT "$IMDS_URL/latest/api/token" \
+          -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' 2>/dev/null) || return 1
+  curl -sf -m 2 -H "X-aws-ec2-metadata-token: $token" "$IMDS_URL/latest/meta-data/$1" 2>/dev/null
 }
+
+instance_id() { imds instance-id || echo unknown; }
+
+resolve_secret() {  # $1: a Secrets Manager secret id (name or ARN); prints its string value
+  if command -v aws >/dev/null 2>&1; then
+    aws secretsmanager get-secret-value --secret-id "$1" --query SecretString --output text
+  else
+    python3 -c 'import sys, boto3; print(boto3.client("secretsmanager").get_secret_value(SecretId=sys.argv[1])["SecretString"])' "$1"
+  fi
+}
+@@SECRETS@@
 
 run_training() {
   if [ -n "$CONTAINER_IMAGE" ]; then
@@ -57,12 +77,15 @@ run_training() {
 }
 
 write_result() {
-  local record="$1"
-  case "$SPOT_TRAINING_RESULT_URI" in
-    s3://*) printf '%s' "$record" | aws s3 cp - "$SPOT_TRAINING_RESULT_URI" --content-type application/json ;;
-    *://*)  python3 -c 'import sys, fsspec; fsspec.open(sys.argv[1], "w").open().write(sys.stdin.read())' \
-              "$SPOT_TRAINING_RESULT_URI" <<<"$record" ;;
-    *)      mkdir -p "$(dirname "$SPOT_TRAINING_RESULT_URI")" && printf '%s' "$record" > "$SPOT_TRAINING_RESULT_URI" ;;
+  local record="$1" uri="$SPOT_TRAINING_RESULT_URI"
+  case "$uri" in
+    s3://*) if command -v aws >/dev/null 2>&1; then
+              printf '%s' "$record" | aws s3 cp - "$uri" --content-type application/json
+            else
+              printf '%s' "$record" | python3 -c 'import sys, fsspec; fs, p = fsspec.core.url_to_fs(sys.argv[1]); fs.pipe_file(p, sys.stdin.buffer.read())' "$uri"
+            fi ;;
+    *://*)  printf '%s' "$record" | python3 -c 'import sys, fsspec; fs, p = fsspec.core.url_to_fs(sys.argv[1]); fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True); fs.pipe_file(p, sys.stdin.buffer.read())' "$uri" ;;
+    *)      mkdir -p "$(dirname "$uri")" && printf '%s' "$record" > "$uri" ;;
   esac
 }
 
@@ -71,8 +94,14 @@ run_training >>"$LOG_FILE" 2>&1
 exit_code=$?
 finished_at=$(date +%s)
 log "training exited with code $exit_code"
-record=$(printf '{"exit_code": %d, "started_at": %d, "finished_at": %d, "instance_id": "%s", "attempt": %s}' \
-         "$exit_code" "$started_at" "$finished_at" "$(instance_id)" "$SPOT_TRAINING_ATTEMPT")
+reclaim_notice=false
+if [ "$exit_code" -ne 0 ] && imds spot/instance-action >/dev/null; then
+  reclaim_notice=true
+  log "a spot reclaim is scheduled for this instance: recording a preemption, not a failure"
+fi
+record=$(printf '{"exit_code": %d, "token": "%s", "reclaim_notice": %s, "started_at": %d, "finished_at": %d, "instance_id": "%s", "attempt": %s}' \
+         "$exit_code" "$SPOT_TRAINING_TOKEN" "$reclaim_notice" "$started_at" "$finished_at" "$(instance_id)" \
+         "$SPOT_TRAINING_ATTEMPT")
 for i in 1 2 3 4 5; do
   write_result "$record" && break
   log "writing the result record failed (try $i); retrying"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import urllib.error
@@ -24,15 +25,20 @@ log = logging.getLogger(__name__)
 
 AWS_IMDS_ENDPOINT = "http://169.254.169.254"
 GCE_METADATA_ENDPOINT = "http://metadata.google.internal"
+#: environment variables that move the endpoints (the bootstraps honour the same ones; tests
+#: point them at loopback servers)
+AWS_IMDS_ENV = "SPOT_TRAINING_IMDS_URL"
+GCE_METADATA_ENV = "SPOT_TRAINING_METADATA_URL"
 
 
 class InterruptionWatcher:
     """Sets :attr:`requested` when an interruption notice arrives.
 
     :param handle_sigterm: install a SIGTERM handler (main thread only).
-    :param aws_imds: poll the AWS instance-action notice; ``True`` for the real
-        endpoint or a base URL (tests point it at a loopback server).
-    :param gce_metadata: poll the GCE preempted flag; ``True`` or a base URL.
+    :param aws_imds: poll the AWS instance-action notice; ``True`` for the instance's IMDS
+        (``$SPOT_TRAINING_IMDS_URL`` when set) or a base URL.
+    :param gce_metadata: poll the GCE preempted flag; ``True`` for the metadata server
+        (``$SPOT_TRAINING_METADATA_URL`` when set) or a base URL.
     :param poll_seconds: how often the pollers ask (AWS recommends every 5 s).
     """
 
@@ -54,8 +60,10 @@ class InterruptionWatcher:
         self._threads: list[threading.Thread] = []
         self._previous_handler: Any = None
         self._handle_sigterm = handle_sigterm
-        self._aws = AWS_IMDS_ENDPOINT if aws_imds is True else (aws_imds or None)
-        self._gce = GCE_METADATA_ENDPOINT if gce_metadata is True else (gce_metadata or None)
+        aws_default = os.environ.get(AWS_IMDS_ENV) or AWS_IMDS_ENDPOINT
+        gce_default = os.environ.get(GCE_METADATA_ENV) or GCE_METADATA_ENDPOINT
+        self._aws = aws_default if aws_imds is True else (aws_imds or None)
+        self._gce = gce_default if gce_metadata is True else (gce_metadata or None)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> InterruptionWatcher:

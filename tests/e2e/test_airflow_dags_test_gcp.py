@@ -33,7 +33,8 @@ DAG_FILE = textwrap.dedent('''
             task_id="train", project_id="test-project", zones=["us-central1-a", "us-central1-b"],
             machine_type="n1-standard-4", command="python3 /opt/train.py",
             checkpoint_prefix=os.environ["TEST_CHECKPOINT_PREFIX"], max_preemptions=1, poll_interval=0.2,
-            backend_options={"emulator_host": os.environ["TEST_GCE_EMULATOR"]},
+            emulator_host=os.environ["TEST_GCE_EMULATOR"],
+            service_account="trainer@test-project.iam.gserviceaccount.com",
         )
 ''')
 
@@ -72,7 +73,7 @@ def test_dags_test_preempted_escalated_resumed(tmp_path):
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "TEST_GCE_EMULATOR": server.endpoint,
-            "TEST_CHECKPOINT_PREFIX": str(prefix),
+            "TEST_CHECKPOINT_PREFIX": f"file://{prefix}",
         }
         subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
         proc = subprocess.run([AIRFLOW, "dags", "test", "gce_fake"], env=env, capture_output=True, text=True,

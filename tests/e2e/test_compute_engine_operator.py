@@ -28,15 +28,15 @@ def server():
 
 @pytest.fixture
 def prefix(tmp_path: Path) -> str:
-    return str(tmp_path / "ckpt")
+    return f"file://{tmp_path / 'ckpt'}"
 
 
 def make_operator(server: GCEServer, prefix: str, **kwargs) -> ComputeEngineSpotTrainingOperator:
     return ComputeEngineSpotTrainingOperator(
         task_id="train", zones=ZONES, machine_type="n1-standard-4", command="python3 /opt/train.py",
         project_id="test-project", checkpoint_prefix=prefix, poll_interval=0.05,
-        backend_options={"emulator_host": server.endpoint, "spot_price_per_hour": 0.05,
-                         "on_demand_price_per_hour": 0.19},
+        emulator_host=server.endpoint, spot_price_per_hour=0.05, on_demand_price_per_hour=0.19,
+        service_account="trainer@test-project.iam.gserviceaccount.com",
         **kwargs,
     )
 

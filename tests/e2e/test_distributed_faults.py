@@ -170,7 +170,7 @@ def test_worker_killed_between_launch_and_defer(airflow_cluster: AirflowCluster)
     recorded = assert_one_process_per_attempt(cluster, ledger)
     assert len(recorded) == 1
     again = json.loads((cluster.state_dir / key / "attempt-1" / "launch.json").read_text())
-    assert again["supervisor_pid"] == launch["supervisor_pid"]
+    assert again.supervisor_pid == launch["supervisor_pid"]
 
 
 def test_scheduler_restarted_mid_run(airflow_cluster: AirflowCluster):
@@ -196,7 +196,7 @@ def test_scheduler_restarted_mid_run(airflow_cluster: AirflowCluster):
         for ledger in ledgers(cluster, dag, run_id).values():
             assert_ledger_complete(ledger, preemptions=1, tries=[1])
             first, second = assert_one_process_per_attempt(cluster, ledger)
-            assert first["start_step"] == 0
+            assert first.start_step == 0
             assert second["start_step"] == ledger["attempts"][0]["checkpoint_step"] > 0
 
 

@@ -25,11 +25,11 @@ def server():
         yield s
 
 
-def make_operator(server: VertexServer, backend_options: dict | None = None, **kwargs) -> VertexAISpotTrainingOperator:
+def make_operator(server: VertexServer, **kwargs) -> VertexAISpotTrainingOperator:
     return VertexAISpotTrainingOperator(
         task_id="train", region="us-central1", machine_type="n1-standard-8",
         image_uri="us-docker.pkg.dev/p/train/t:1", project_id="test-project", poll_interval=0.05,
-        backend_options={"emulator_host": server.endpoint, **(backend_options or {})}, **kwargs,
+        emulator_host=server.endpoint, **kwargs,
     )
 
 
@@ -59,7 +59,7 @@ class Container:
 
 
 def test_preempted_then_escalated_then_success_with_resume(server, tmp_path, monkeypatch):
-    monkeypatch.setenv("AIRFLOW__SPOT_TRAINING__CHECKPOINT_BASE_URI", str(tmp_path / "base"))
+    monkeypatch.setenv("AIRFLOW__SPOT_TRAINING__CHECKPOINT_BASE_URI", f"file://{tmp_path / 'base'}")
     box = Container(server)
     resumed_from: list[int | None] = []
 
@@ -74,7 +74,7 @@ def test_preempted_then_escalated_then_success_with_resume(server, tmp_path, mon
     outcome = run_try(make_operator(server, max_preemptions=1), TaskStateStore(), 1, on_defer=cloud)
     summary = outcome.result
 
-    expected_prefix = str(tmp_path / "base" / "gcp_dag" / "manual__2026-01-01T00_00_00_00_00" / "train" / "checkpoints")
+    expected_prefix = f"file://{tmp_path / 'base' / 'gcp_dag' / 'manual__2026-01-01T00%3A00%3A00+00%3A00' / 'train' / 'checkpoints'}"
     assert summary["checkpoint_prefix"] == expected_prefix
     assert summary["outcome"] == "succeeded" and summary["preemptions"] == 1
     assert [(a["capacity"], a["outcome"]) for a in summary["attempts"]] == [
@@ -92,7 +92,7 @@ def test_preempted_then_escalated_then_success_with_resume(server, tmp_path, mon
 
 def test_stuck_spot_job_is_cancelled_and_a_standard_job_resumes(server, tmp_path):
     """No spot capacity: the pending spot job is cancelled; the policy escalates to STANDARD."""
-    prefix = str(tmp_path / "run" / "checkpoints")
+    prefix = f"file://{tmp_path / 'run' / 'checkpoints'}"
     box = Container(server)
 
     def cloud(deferred):
@@ -101,7 +101,7 @@ def test_stuck_spot_job_is_cancelled_and_a_standard_job_resumes(server, tmp_path
             server.fake.succeed(box.name())
 
     op = make_operator(server, checkpoint_prefix=prefix, max_spot_wait=0,
-                       backend_options={"max_pending_seconds": 0.001})
+                       max_pending_seconds=0.001)
     summary = run_try(op, TaskStateStore(), 1, on_defer=cloud).result
     assert [(a["capacity"], a["outcome"]) for a in summary["attempts"]] == [
         ("spot", "capacity_unavailable"), ("on_demand", "succeeded")]
@@ -111,7 +111,7 @@ def test_stuck_spot_job_is_cancelled_and_a_standard_job_resumes(server, tmp_path
 
 
 def test_retry_after_a_worker_crash_reattaches_without_a_second_job(server, tmp_path):
-    prefix = str(tmp_path / "run" / "checkpoints")
+    prefix = f"file://{tmp_path / 'run' / 'checkpoints'}"
     store = TaskStateStore()
     first = run_try(make_operator(server, checkpoint_prefix=prefix), store, 1, stop_after_deferrals=1)
     ledger = store.get(LEDGER_KEY)  # died inside launch: the job exists, its handle was never saved
@@ -127,11 +127,11 @@ def test_retry_after_a_worker_crash_reattaches_without_a_second_job(server, tmp_
 
 
 def test_task_killed_while_deferred_cancels_the_job(server, tmp_path):
-    outcome = run_try(make_operator(server, checkpoint_prefix=str(tmp_path / "checkpoints")), TaskStateStore(), 1,
+    outcome = run_try(make_operator(server, checkpoint_prefix=f"file://{tmp_path / 'checkpoints'}"), TaskStateStore(), 1,
                       stop_after_deferrals=1)
     handle = outcome.deferrals[0].trigger.handle
     asyncio.run(rebuild_trigger(outcome.deferrals[0].trigger).on_kill())
-    assert server.fake.jobs[handle["name"]].state.name == "JOB_STATE_CANCELLED"
+    assert server.fake.jobs[handle.name].state.name == "JOB_STATE_CANCELLED"
 
 
 def test_permission_error_fails_the_task_naming_the_permission(server, tmp_path):
@@ -141,7 +141,7 @@ def test_permission_error_fails_the_task_naming_the_permission(server, tmp_path)
                                 "Permission 'aiplatform.customJobs.create' denied on resource "
                                 "'//aiplatform.googleapis.com/projects/test-project/locations/us-central1'")
     with pytest.raises(AirflowFailException, match=r"aiplatform\.customJobs\.create.*roles/aiplatform\.user"):
-        run_try(make_operator(server, checkpoint_prefix=str(tmp_path / "checkpoints")), TaskStateStore(), 1)
+        run_try(make_operator(server, checkpoint_prefix=f"file://{tmp_path / 'checkpoints'}"), TaskStateStore(), 1)
 
 
 def test_quota_error_fails_the_task_naming_the_quota(server, tmp_path):
@@ -151,7 +151,7 @@ def test_quota_error_fails_the_task_naming_the_quota(server, tmp_path):
                                 "The following quota metrics exceed quota limits: "
                                 "aiplatform.googleapis.com/custom_model_training_cpus")
     with pytest.raises(AirflowFailException, match="aiplatform.googleapis.com/custom_model_training_cpus"):
-        run_try(make_operator(server, checkpoint_prefix=str(tmp_path / "checkpoints")), TaskStateStore(), 1)
+        run_try(make_operator(server, checkpoint_prefix=f"file://{tmp_path / 'checkpoints'}"), TaskStateStore(), 1)
 
 
 def test_a_checkpoint_prefix_not_ending_in_checkpoints_fails_at_parse_time(server):

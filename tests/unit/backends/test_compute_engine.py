@@ -17,12 +17,14 @@ from airflow_spot_training.backends.base import (
     BackendConfigError,
     CloudActionRequired,
     SpotBackend,
-    SpotCapacityUnavailable,
+    CapacityUnavailable,
 )
 from airflow_spot_training.backends.compute_engine import ComputeEngineSpotBackend, startup_script_template
 from airflow_spot_training.core.policy import Capacity
 from tests.fakes.gce_server import GCEServer
 from tests.fakes.launch import launch_request
+
+SA = "trainer@test-project.iam.gserviceaccount.com"
 
 ZONES = ["us-central1-a", "us-central1-b", "us-central1-f"]
 
@@ -38,6 +40,7 @@ def backend(server):
     return ComputeEngineSpotBackend(
         zones=ZONES, machine_type="n1-standard-4", command=["python3", "/opt/train.py", "--epochs", "3"],
         project_id="test-project", emulator_host=server.endpoint, labels={"team": "ml"},
+        service_account=SA,
     )
 
 
@@ -46,11 +49,14 @@ def prefix(tmp_path: Path) -> str:
     return str(tmp_path / "ckpt")
 
 
-def write_result(prefix: str, attempt: int, exit_code: int, zone: str = "us-central1-a") -> None:
+def write_result(prefix: str, attempt: int, exit_code: int, zone: str = "us-central1-a",
+                 token: str | None = None) -> None:
+    """The record the startup script writes: it carries the attempt's token."""
     path = Path(prefix) / "_results" / f"attempt-{attempt}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    token = token or launch_request(prefix, attempt).token
     path.write_text(json.dumps({"exit_code": exit_code, "attempt": attempt, "zone": zone,
-                                "finished_at": 1.0e9}))
+                                "finished_at": 1.0e9, "token": token}))
 
 
 class TestComputeEngineSpotBackend:
@@ -77,7 +83,7 @@ class TestComputeEngineSpotBackend:
         env = json.loads(metadata["spot-training-env"])
         assert env["SPOT_TRAINING_CHECKPOINT_URI"] == prefix
         assert env["SPOT_TRAINING_RESULT_URI"] == f"{prefix}/_results/attempt-1.json"
-        assert handle["zone"] == "us-central1-a" and handle["pool"] == "us-central1-a"
+        assert handle.zone == "us-central1-a" and handle.pool == "us-central1-a"
         assert backend.describe(handle).state == "running"
 
     def test_on_demand_is_standard_without_termination_action(self, server, backend, prefix):
@@ -85,24 +91,34 @@ class TestComputeEngineSpotBackend:
         assert server.fake.inserts()[0].body["scheduling"] == {
             "provisioningModel": "STANDARD", "automaticRestart": False, "onHostMaintenance": "TERMINATE"}
 
-    def test_success_from_the_result_record_deletes_a_leftover_vm(self, server, backend, prefix):
+    def test_success_from_the_result_record_and_stop_deletes_a_leftover_vm(self, server, backend, prefix):
         handle = backend.launch(launch_request(prefix))
         write_result(prefix, 1, 0)
         status = backend.describe(handle)
         assert status.state == "succeeded"
+        assert not server.fake.calls("DELETE", handle.name)  # describe only reads
+        backend.stop(handle)  # what the operator does once the attempt has ended
         assert server.fake.live_instances() == []
-        assert server.fake.calls("DELETE", handle["name"])
+        assert server.fake.calls("DELETE", handle.name)
+
+    def test_a_result_record_of_another_run_is_ignored(self, server, backend, prefix):
+        handle = backend.launch(launch_request(prefix))
+        write_result(prefix, 1, 0, token="someone-elses-run-a1")  # the same prefix, reused by another run
+        assert backend.describe(handle).state == "running"
+        server.fake.finish(handle.name)
+        status = backend.describe(handle)
+        assert status.state == "failed" and "no result record" in status.reason
 
     def test_nonzero_exit_is_a_failure_with_the_code(self, server, backend, prefix):
         handle = backend.launch(launch_request(prefix))
-        server.fake.finish(handle["name"])
+        server.fake.finish(handle.name)
         write_result(prefix, 1, 3)
         status = backend.describe(handle)
         assert status.state == "failed" and "code 3" in status.reason
 
     def test_preemption_is_read_from_the_zone_operation(self, server, backend, prefix):
         handle = backend.launch(launch_request(prefix))
-        server.fake.preempt(handle["name"])
+        server.fake.preempt(handle.name)
         status = backend.describe(handle)
         assert status.state == "preempted" and status.preemptions == 1
         assert "compute.instances.preempted" in status.reason
@@ -111,30 +127,31 @@ class TestComputeEngineSpotBackend:
 
     def test_vm_gone_without_record_or_preemption_is_a_failure_with_the_reason(self, server, backend, prefix):
         handle = backend.launch(launch_request(prefix))
-        server.fake.finish(handle["name"])
+        server.fake.finish(handle.name)
         status = backend.describe(handle)
         assert status.state == "failed" and "no result record" in status.reason
 
     def test_zone_out_of_capacity_launches_in_the_next(self, server, backend, prefix):
         server.fake.exhausted_zones.add("us-central1-a")
         handle = backend.launch(launch_request(prefix))
-        assert handle["zone"] == "us-central1-b"
-        assert handle["zones_tried"] == ["us-central1-a"]
+        assert handle.zone == "us-central1-b"
+        assert handle.zones_tried == ["us-central1-a"]
         assert [r.path.split("/")[6] for r in server.fake.inserts()] == ["us-central1-a", "us-central1-b"]
         assert len(server.fake.live_instances()) == 1
 
     def test_all_zones_out_of_capacity_is_spot_unavailable(self, server, backend, prefix):
         server.fake.exhausted_zones.update(ZONES)
-        with pytest.raises(SpotCapacityUnavailable) as err:
+        with pytest.raises(CapacityUnavailable) as err:
             backend.launch(launch_request(prefix))
-        assert err.value.pools_tried == ZONES
+        assert err.value.pools_tried == [f"n1-standard-4@{z}: ZONE_RESOURCE_POOL_EXHAUSTED" for z in ZONES]
+        assert err.value.capacity is Capacity.SPOT
         assert server.fake.live_instances() == []
 
     def test_launch_again_with_the_same_token_reattaches(self, server, backend, prefix):
         request = launch_request(prefix)
         first = backend.launch(request)
-        again = ComputeEngineSpotBackend(**backend.serialize_kwargs()).launch(request)
-        assert (again["zone"], again["name"]) == (first["zone"], first["name"])
+        again = ComputeEngineSpotBackend(**backend.model_dump()).launch(request)
+        assert (again.zone, again.name) == (first.zone, first.name)
         assert len(server.fake.inserts()) == 1
         assert len(server.fake.live_instances()) == 1
 
@@ -156,7 +173,7 @@ class TestComputeEngineSpotBackend:
     def test_find_after_the_vm_deleted_itself_uses_the_result_record(self, server, backend, prefix):
         request = launch_request(prefix)
         handle = backend.launch(request)
-        server.fake.finish(handle["name"])
+        server.fake.finish(handle.name)
         write_result(prefix, 1, 0, zone="us-central1-a")
         found = backend.find(request)
         assert found is not None and backend.describe(found).state == "succeeded"
@@ -166,9 +183,9 @@ class TestComputeEngineSpotBackend:
         first = backend.launch(request)
         server.fake._request_ids.clear()
         # find() looks in the zones; an insert that hits our own VM (409) re-attaches as well
-        again = ComputeEngineSpotBackend(**backend.serialize_kwargs())._existing(
+        again = ComputeEngineSpotBackend(**backend.model_dump())._existing(
             request, "test-project", "us-central1-a", [])
-        assert again["name"] == first["name"] and len(server.fake.live_instances()) == 1
+        assert again.name == first.name and len(server.fake.live_instances()) == 1
 
     def test_a_foreign_vm_with_the_same_name_is_refused(self, server, backend, prefix):
         request = launch_request(prefix)
@@ -176,7 +193,7 @@ class TestComputeEngineSpotBackend:
         server.fake.instances[("us-central1-a", f"spot-{request.contract.run_key}-a1")]["labels"] = {}
         server.fake._request_ids.clear()  # request ids are remembered for a limited time only
         with pytest.raises(CloudActionRequired, match="already exists in us-central1-a"):
-            ComputeEngineSpotBackend(**{**backend.serialize_kwargs(), "zones": ["us-central1-a"]}).launch(
+            ComputeEngineSpotBackend(**{**backend.model_dump(), "zones": ["us-central1-a"]}).launch(
                 launch_request(prefix))
 
     def test_stop_deletes_the_vm(self, server, backend, prefix):
@@ -208,7 +225,7 @@ class TestComputeEngineSpotBackend:
         assert "roles/compute.instanceAdmin.v1" in str(err.value)
 
     def test_invalid_machine_type_names_the_argument(self, server, backend, prefix):
-        bogus = ComputeEngineSpotBackend(**{**backend.serialize_kwargs(), "machine_type": "bogus"})
+        bogus = ComputeEngineSpotBackend(**{**backend.model_dump(), "machine_type": "bogus"})
         with pytest.raises(CloudActionRequired) as err:
             bogus.launch(launch_request(prefix))
         assert "machine_type" in str(err.value) and "does not exist in zone" in str(err.value)
@@ -237,9 +254,12 @@ class TestComputeEngineSpotBackend:
             ({"accelerator_count": 2}, "accelerator_type"),
             ({"project_id": "My Project"}, "project_id"),
             ({"emulator_host": "ftp://x"}, "emulator_host"),
+            ({"service_account": "default"}, "service_account='default' is invalid: give the e-mail"),
+            ({"env": {"X; rm -rf /": "1"}}, "are not environment variable names"),
         ],
     )
     def test_invalid_arguments_fail_at_parse_time_naming_the_argument(self, kwargs, names):
-        base = {"zones": ZONES, "machine_type": "n1-standard-4", "command": "python3 train.py"}
+        base = {"zones": ZONES, "machine_type": "n1-standard-4", "command": "python3 train.py",
+                "service_account": SA}
         with pytest.raises(BackendConfigError, match=names):
             ComputeEngineSpotBackend(**{**base, **kwargs})

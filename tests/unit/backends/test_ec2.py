@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from airflow_spot_training.backends.base import BackendConfigError, LaunchRequest, SpotBackend
-from airflow_spot_training.backends.ec2 import EC2SpotBackend, classify_instance, on_demand_price_from_product
+from airflow_spot_training.backends.ec2 import (
+    EC2Handle,
+    EC2SpotBackend,
+    classify_instance,
+    on_demand_price_from_product,
+    settle_ended,
+)
 from airflow_spot_training.bootstrap import render_ec2_user_data
 from airflow_spot_training.core.contract import Contract
 from airflow_spot_training.core.policy import Capacity
@@ -35,16 +41,18 @@ def request(capacity=Capacity.SPOT, attempt=1, result_uri="s3://b/p/_results/att
 
 class TestEC2SpotBackendConfig:
     @pytest.mark.parametrize("kwargs, fragment", [
-        ({"command": ""}, "needs command="),
+        ({"command": ""}, "command='' is invalid: give the training command"),
         ({"image_id": None}, "image_id='ami-...' or launch_template"),
         ({"launch_template": {"Version": "1"}}, "must name the template"),
-        ({"instance_types": []}, "instance_types=[] must be a non-empty list"),
-        ({"instance_types": None, "pools": [{"subnet_id": "s"}]}, "pools entry"),
+        ({"instance_types": []}, "instance_types=[] is invalid (List should have at least 1 item"),
+        ({"instance_types": None, "pools": [{"subnet_id": "s"}]}, "pools=[{'subnet_id': 's'}] is invalid: entry"),
         ({"pools": [{"instance_type": "c5.large"}]}, "either pools=[...] or instance_types"),
-        ({"root_volume_gb": 0}, "root_volume_gb=0 must be a positive integer"),
-        ({"on_demand_prices": {"c5.xlarge": -1}}, "on_demand_prices="),
+        ({"root_volume_gb": 0}, "root_volume_gb=0 is invalid (Input should be greater than 0)"),
+        ({"on_demand_prices": {"c5.xlarge": -1}}, "on_demand_prices['c5.xlarge']=-1 is invalid"),
         ({"describe_interval": 0}, "describe_interval=0"),
-        ({"env": {"1BAD": "x"}}, "not a valid environment variable name"),
+        ({"env": {"1BAD": "x"}}, "['1BAD'] are not environment variable names"),
+        ({"secrets": {"BAD NAME": "arn:aws:secretsmanager:us-east-1:1:secret:x"}}, "are not environment variable"),
+        ({"instance_type": "g5.xlarge"}, "has no argument instance_type=. Did you mean instance_types="),
     ])
     def test_invalid_arguments_fail_naming_the_argument(self, kwargs, fragment):
         with pytest.raises(BackendConfigError) as raised:
@@ -79,10 +87,14 @@ class TestEC2SpotBackendConfig:
             {"instance_type": "m5.xlarge", "subnet_id": "subnet-b"},
         ]
 
-    def test_operator_shares_describe_calls_at_its_poll_interval(self):
-        op = EC2SpotTrainingOperator(task_id="t", command="x", image_id="ami-1", instance_types=["c5.large"],
-                                     poll_interval=15)
-        assert op.backend.describe_interval == 15
+    def test_triggers_share_describe_calls_at_the_task_poll_interval(self):
+        classpath, kwargs = backend().serialize()
+        trigger = SpotTrainingTrigger(backend_classpath=classpath, backend_kwargs=kwargs,
+                                      handle={"backend": "ec2", "instance_id": "i-1", "token": "t", "attempt": 1,
+                                              "capacity": "spot"},
+                                      attempt=1, checkpoint_prefix="s3://b/p", poll_interval=15)
+        assert trigger.backend.describe_interval == 15
+        assert backend(describe_interval=5.0).serialize()[1]["describe_interval"] == 5.0
 
 
 class TestRunInstancesParams:
@@ -123,47 +135,74 @@ def instance(state, code="", spot=False):
     return data
 
 
+def ec2_handle(**fields) -> EC2Handle:
+    values = {"backend": "ec2", "token": "run-a1", "attempt": 1, "capacity": "spot", "instance_id": "i-1",
+              "launched_at": 0.0, **fields}
+    return EC2Handle(**values)
+
+
 class TestClassifyInstance:
     @pytest.mark.parametrize("state, code, spot, expected, needs", [
         ("pending", "", False, "pending", None),
         ("running", "", False, "running", None),
-        ("terminated", "Server.SpotInstanceTermination", True, "preempted", None),
-        ("stopped", "Server.SpotInstanceShutdown", True, "preempted", None),
+        ("terminated", "Server.SpotInstanceTermination", True, "preempted", "result"),
+        ("stopped", "Server.SpotInstanceShutdown", True, "preempted", "result"),
         ("terminated", "Client.InstanceInitiatedShutdown", False, "failed", "result"),
         ("shutting-down", "Client.InstanceInitiatedShutdown", False, "failed", "result"),
-        ("terminated", "Client.UserInitiatedShutdown", False, "stopped", None),
-        ("terminated", "Server.InternalError", False, "failed", None),
-        ("terminated", "Server.InsufficientInstanceCapacity", True, "capacity_unavailable", None),
+        ("terminated", "Client.UserInitiatedShutdown", False, "stopped", "result"),
+        ("terminated", "Server.InternalError", False, "failed", "result"),
+        ("terminated", "Server.InsufficientInstanceCapacity", True, "capacity_unavailable", "result"),
         ("terminated", "", True, "failed", "spot-request"),
     ])
     def test_states_and_reasons(self, state, code, spot, expected, needs):
-        status, need = classify_instance(instance(state, code, spot), {"instance_id": "i-1", "launched_at": 0})
+        status, need = classify_instance(instance(state, code, spot), ec2_handle())
         assert (status.state, need) == (expected, needs)
         if expected == "preempted":
             assert status.preemptions == 1
 
-    def test_completion_reads_the_result_record(self):
-        status, _ = classify_instance(instance("terminated", "Client.InstanceInitiatedShutdown"), {})
-        assert EC2SpotBackend._completed(status, {"exit_code": 0}).state == "succeeded"
-        status, _ = classify_instance(instance("terminated", "Client.InstanceInitiatedShutdown"), {})
-        failed = EC2SpotBackend._completed(status, {"exit_code": 2})
+    def test_the_result_record_of_this_attempt_settles_how_it_ended(self):
+        def settle(code: str, record: dict | None):
+            status, _ = classify_instance(instance("terminated", code, True), ec2_handle())
+            return settle_ended(status, record, "run-a1")
+
+        assert settle("Client.InstanceInitiatedShutdown", {"exit_code": 0, "token": "run-a1"}).state == "succeeded"
+        failed = settle("Client.InstanceInitiatedShutdown", {"exit_code": 2, "token": "run-a1"})
         assert failed.state == "failed" and "code 2" in failed.reason
-        status, _ = classify_instance(instance("terminated", "Client.InstanceInitiatedShutdown"), {})
-        assert "without writing a result record" in EC2SpotBackend._completed(status, None).reason
+        assert "without writing its result record" in settle("Client.InstanceInitiatedShutdown", None).reason
+        # the training caught the two-minute notice, checkpointed, exited 143: a preemption
+        caught = settle("Client.InstanceInitiatedShutdown", {"exit_code": 143, "token": "run-a1",
+                                                             "reclaim_notice": True})
+        assert caught.state == "preempted" and caught.preemptions == 1
+        # the training had finished when the reclaim came: a success
+        done = settle("Server.SpotInstanceTermination", {"exit_code": 0, "token": "run-a1"})
+        assert done.state == "succeeded" and done.preemptions == 0
+        # reclaimed; the record a training killed by the shutdown left does not make it a failure
+        assert settle("Server.SpotInstanceTermination", {"exit_code": 143, "token": "run-a1"}).state == "preempted"
+
+    def test_a_result_record_of_another_run_is_ignored(self):
+        status, _ = classify_instance(instance("terminated", "Client.InstanceInitiatedShutdown"), ec2_handle())
+        settled = settle_ended(status, {"exit_code": 0, "token": "earlier-run-a1"}, "run-a1")
+        assert settled.state == "failed" and "ignored_result_record" in settled.details
+
+    def test_a_malformed_record_is_named(self):
+        status, _ = classify_instance(instance("terminated", "Client.InstanceInitiatedShutdown"), ec2_handle())
+        settled = settle_ended(status, {"token": "run-a1", "exit_code": None,
+                                        "malformed": "the record s3://b/r.json is malformed"}, "run-a1")
+        assert settled.state == "failed" and "s3://b/r.json is malformed" in settled.reason
 
     @pytest.mark.parametrize("code, expected", [
         ("instance-terminated-no-capacity", "preempted"), ("marked-for-termination", "preempted"),
         ("capacity-not-available", "capacity_unavailable"), ("something-else", "failed"),
     ])
     def test_spot_request_codes(self, code, expected):
-        status, _ = classify_instance(instance("terminated", "", True), {})
-        assert EC2SpotBackend._from_spot_request(status, code).state == expected
+        status, _ = classify_instance(instance("terminated", "", True), ec2_handle())
+        assert settle_ended(status, None, "run-a1", code).state == expected
 
     def test_unknown_instance_is_pending_right_after_launch_then_failed(self):
         import time
 
-        assert classify_instance(None, {"launched_at": time.time()})[0].state == "pending"
-        assert classify_instance(None, {"launched_at": 0})[0].state == "failed"
+        assert classify_instance(None, ec2_handle(launched_at=time.time()))[0].state == "pending"
+        assert classify_instance(None, ec2_handle(launched_at=0.0))[0].state == "failed"
 
 
 def test_pricing_api_product_is_parsed():

@@ -184,13 +184,14 @@ def test_pollers_against_moto_share_one_describe_call_per_interval(aws, monkeypa
     """30 triggers' worth of EC2SpotBackend.poll in one loop: one DescribeInstances per tick."""
     import boto3
 
-    from airflow_spot_training.backends.ec2 import EC2SpotBackend
+    from airflow_spot_training.backends.ec2 import EC2Handle, EC2SpotBackend
     from tests import aws_cloud
 
     network = aws_cloud.make_network()
     ec2 = boto3.client("ec2", region_name=aws_cloud.REGION)
     launched = ec2.run_instances(ImageId=network["image_id"], MinCount=30, MaxCount=30, InstanceType="c5.large")
-    handles = [{"instance_id": i["InstanceId"], "launched_at": 0} for i in launched["Instances"]]
+    handles = [EC2Handle(backend="ec2", token=f"t-a{n}", attempt=n, capacity="spot", instance_id=i["InstanceId"],
+                         launched_at=0.0) for n, i in enumerate(launched["Instances"], start=1)]
     backend = EC2SpotBackend("x", image_id=network["image_id"], instance_types=["c5.large"], describe_interval=0.2)
     plan = aws_cloud.install_faults(monkeypatch, aws_cloud.FaultPlan())
 

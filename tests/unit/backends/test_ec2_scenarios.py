@@ -198,5 +198,5 @@ class TestEC2Scenarios:
         assert handle is not None
         op.on_kill()
         worker.join(30)
-        assert aws_cloud.moto_instance(handle["instance_id"]).state == "terminated"
+        assert aws_cloud.moto_instance(handle.instance_id).state == "terminated"
         assert "stopped" in str(result.get("error", ""))

@@ -74,7 +74,7 @@ def test_retry_after_worker_crash_reattaches_to_the_one_instance(aws, tmp_path, 
     assert summary["outcome"] == "succeeded"
     assert [a["number"] for a in summary["attempts"]] == [1]
     assert summary["attempts"][0]["try_number"] == 1 and summary["tries"] == [1, 2]
-    assert [h["instance_id"] for h in machine.handles] == [first_instance]
+    assert [h.instance_id for h in machine.handles] == [first_instance]
     instances = aws_cloud.all_instances()
     assert [i.id for i in instances] == [first_instance]  # exactly one instance ever ran
     assert instances[0].state == "terminated"

@@ -21,12 +21,15 @@ def anonymous_connection(monkeypatch):
         {"conn_type": "google_cloud_platform", "extra": {"project": "conn-project", "is_anonymous": True}}))
 
 
+SA = "trainer@test-project.iam.gserviceaccount.com"
+
 class TestCredentials:
     def test_backends_take_the_project_and_credentials_from_the_connection(self, anonymous_connection):
         from google.auth.credentials import AnonymousCredentials
 
         instances, _, project = ComputeEngineSpotBackend(
-            zones=["us-central1-a"], machine_type="e2-small", command="true")._connect()
+            zones=["us-central1-a"], machine_type="e2-small", command="true",
+            service_account=SA)._connect()
         assert project == "conn-project"
         assert isinstance(instances._transport._credentials, AnonymousCredentials)
         assert instances._transport._host == "https://compute.googleapis.com"
@@ -44,7 +47,7 @@ class TestCredentials:
 
     def test_project_id_argument_wins(self, anonymous_connection):
         backend = ComputeEngineSpotBackend(zones=["us-central1-a"], machine_type="e2-small", command="true",
-                                           project_id="my-project")
+                                           project_id="my-project", service_account=SA)
         assert backend._connect()[2] == "my-project"
 
 
@@ -94,7 +97,7 @@ class TestErrors:
     "backend",
     [
         ComputeEngineSpotBackend(zones=["us-central1-a"], machine_type="e2-small", command=["python3", "t.py"],
-                                 project_id="my-project", env={"A": "1"}),
+                                 project_id="my-project", env={"A": "1"}, service_account=SA),
         VertexAISpotBackend(region="us-central1", machine_type="n1-standard-4", image_uri="img",
                             project_id="my-project", timeout_seconds=3600),
     ],

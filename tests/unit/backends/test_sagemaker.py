@@ -8,7 +8,7 @@ import json
 import pytest
 
 from airflow_spot_training.backends.base import BackendConfigError, LaunchRequest, SpotBackend
-from airflow_spot_training.backends.sagemaker import SageMakerSpotBackend, classify_training_job
+from airflow_spot_training.backends.sagemaker import SageMakerHandle, SageMakerSpotBackend, classify_training_job
 from airflow_spot_training.core.contract import Contract
 from airflow_spot_training.core.policy import Capacity
 
@@ -20,6 +20,11 @@ def backend(**kwargs):
     return SageMakerSpotBackend(**{**BASE, **kwargs})
 
 
+def job_handle(**fields) -> SageMakerHandle:
+    return SageMakerHandle(**{"backend": "sagemaker", "token": "t-a1", "attempt": 1, "capacity": "spot",
+                              "job_name": "j", **fields})
+
+
 def request(capacity=Capacity.SPOT, attempt=1):
     contract = Contract("s3://b/ckpt/", attempt, capacity.value, 2, "0123456789abcdef0123", "")
     return LaunchRequest(contract, capacity, f"0123456789abcdef0123-a{attempt}", {"task_id": "train"})
@@ -28,13 +33,13 @@ def request(capacity=Capacity.SPOT, attempt=1):
 class TestConfig:
     @pytest.mark.parametrize("kwargs, fragment", [
         ({"image_uri": None}, "needs image_uri="),
-        ({"role_arn": "MyRole"}, "role_arn='MyRole' must be an IAM role ARN"),
+        ({"role_arn": "MyRole"}, "role_arn='MyRole' is invalid: it must be an IAM role ARN"),
         ({"instance_type": "g5.xlarge"}, "start with 'ml.'"),
-        ({"max_wait": 100}, "max_wait=100 must be an integer >= max_runtime=3600"),
-        ({"instance_count": 0}, "instance_count=0 must be a positive integer"),
+        ({"max_wait": 100}, "max_wait=100 must be >= max_runtime=3600"),
+        ({"instance_count": 0}, "instance_count=0 is invalid (Input should be greater than 0)"),
         ({"job_name_prefix": "x" * 40}, "job_name_prefix="),
         ({"job_name_prefix": "bad_name"}, "job_name_prefix="),
-        ({"hyperparameters": {"epochs": 3}}, "string values only"),
+        ({"hyperparameters": {"epochs": 3}}, "hyperparameters['epochs']=3 is invalid (Input should be a valid string)"),
         ({"output_s3_uri": "/tmp/out"}, "must be an s3:// URI"),
     ])
     def test_invalid_arguments_fail_naming_the_argument(self, kwargs, fragment):
@@ -93,21 +98,21 @@ class TestClassifyTrainingJob:
         ("Stopped", "MaxRuntimeExceeded", "stopped"),
     ])
     def test_status_mapping(self, status, secondary, expected):
-        assert classify_training_job(job(status, secondary), {"job_name": "j"}).state == expected
+        assert classify_training_job(job(status, secondary), job_handle()).state == expected
 
     def test_preemptions_are_interrupted_transitions(self):
         status = classify_training_job(
             job("InProgress", "Training", ["Starting", "Training", "Interrupted", "Training", "Interrupted",
-                                           "Training"]), {"job_name": "j"})
+                                           "Training"]), job_handle())
         assert status.state == "running" and status.preemptions == 2
 
     def test_billable_against_training_seconds_times_instance_count(self):
         status = classify_training_job(
             job("Completed", "Completed", TrainingTimeInSeconds=1000, BillableTimeInSeconds=250),
-            {"job_name": "j", "instance_count": 2})
+            job_handle(instance_count=2))
         assert status.details["training_seconds"] == 2000 and status.details["billable_seconds"] == 500
         assert status.details["measured_savings"] == 0.75
 
     def test_failure_reason_is_kept(self):
-        status = classify_training_job(job("Failed", "Failed", FailureReason="AlgorithmError: boom"), {})
+        status = classify_training_job(job("Failed", "Failed", FailureReason="AlgorithmError: boom"), job_handle())
         assert status.reason == "AlgorithmError: boom"

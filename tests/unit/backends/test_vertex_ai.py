@@ -53,7 +53,7 @@ class TestVertexAISpotBackend:
         assert job.job_spec.worker_pool_specs[0].machine_spec.accelerator_count == 1
         assert job.labels["spot-training-token"] == request.token
         assert job.labels["airflow-task-id"] == "train"
-        assert handle["name"] == server.fake.by_display_name(job.display_name).name
+        assert handle.name == server.fake.by_display_name(job.display_name).name
 
     def test_on_demand_is_standard(self, server, backend):
         backend.launch(launch_request(PREFIX, attempt=2, capacity=Capacity.ON_DEMAND))
@@ -67,8 +67,8 @@ class TestVertexAISpotBackend:
     def test_launch_again_with_the_same_token_reattaches(self, server, backend):
         request = launch_request(PREFIX)
         first = backend.launch(request)
-        again = VertexAISpotBackend(**backend.serialize_kwargs()).launch(request)
-        assert again["name"] == first["name"]
+        again = VertexAISpotBackend(**backend.model_dump()).launch(request)
+        assert again.name == first.name
         assert len(server.fake.calls("CreateCustomJob")) == 1
         assert server.fake.calls("ListCustomJobs")[-1].filter == f'labels.spot-training-token="{request.token}"'
 
@@ -87,32 +87,35 @@ class TestVertexAISpotBackend:
     )
     def test_states_sync_and_async(self, server, backend, act, state, preemptions):
         handle = backend.launch(launch_request(PREFIX))
-        act(server.fake, handle["name"])
+        act(server.fake, handle.name)
         status = backend.describe(handle)
         assert (status.state, status.preemptions) == (state, preemptions)
-        polled = asyncio.run(VertexAISpotBackend(**backend.serialize_kwargs()).poll(handle))
+        polled = asyncio.run(VertexAISpotBackend(**backend.model_dump()).poll(handle))
         assert (polled.state, polled.preemptions) == (state, preemptions)
 
     def test_a_failed_standard_job_is_a_failure_not_a_preemption(self, server, backend):
         handle = backend.launch(launch_request(PREFIX, capacity=Capacity.ON_DEMAND))
-        server.fake.start(handle["name"])
-        server.fake.fail(handle["name"], 14, "worker lost")
+        server.fake.start(handle.name)
+        server.fake.fail(handle.name, 14, "worker lost")
         status = backend.describe(handle)
         assert status.state == "failed" and "worker lost" in status.reason
 
-    def test_a_spot_job_stuck_pending_is_cancelled_and_reported_unavailable(self, server, backend):
-        stuck = VertexAISpotBackend(**{**backend.serialize_kwargs(), "max_pending_seconds": 0.001})
+    def test_a_spot_job_stuck_pending_is_reported_unavailable_and_stop_cancels_it(self, server, backend):
+        stuck = VertexAISpotBackend(**{**backend.model_dump(), "max_pending_seconds": 0.001})
         handle = stuck.launch(launch_request(PREFIX))
         status = asyncio.run(stuck.poll(handle))
         assert status.state == "capacity_unavailable" and "max_pending_seconds" in status.reason
-        assert [c.name for c in server.fake.calls("CancelCustomJob")] == [handle["name"]]
-        assert server.fake.jobs[handle["name"]].state.name == "JOB_STATE_CANCELLED"
+        assert stuck.describe(handle).state == "capacity_unavailable"
+        assert server.fake.calls("CancelCustomJob") == []  # reading the status changes nothing
+        stuck.stop(handle)  # what the operator does once the attempt has ended
+        assert [c.name for c in server.fake.calls("CancelCustomJob")] == [handle.name]
+        assert server.fake.jobs[handle.name].state.name == "JOB_STATE_CANCELLED"
 
     def test_stop_and_astop_cancel_and_are_idempotent(self, server, backend):
         handle = backend.launch(launch_request(PREFIX))
         backend.stop(handle)
         asyncio.run(backend.astop(handle))  # already cancelled: no error
-        assert server.fake.jobs[handle["name"]].state.name == "JOB_STATE_CANCELLED"
+        assert server.fake.jobs[handle.name].state.name == "JOB_STATE_CANCELLED"
 
     def test_quota_error_names_the_quota(self, server, backend):
         server.fake.create_error = (

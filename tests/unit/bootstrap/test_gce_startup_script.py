@@ -19,11 +19,13 @@ pytestmark = pytest.mark.skipif(not (shutil.which("bash") and shutil.which("curl
 ZONE = "us-central1-a"
 
 
+SA = "trainer@test-project.iam.gserviceaccount.com"
+
 def boot(server: GCEServer, tmp_path: Path, command: str, preempted: bool = False) -> tuple[subprocess.CompletedProcess, dict]:
     """Create the VM in the fake cloud with the metadata the backend builds, then run its startup script."""
     backend = ComputeEngineSpotBackend(zones=[ZONE], machine_type="e2-small", command=command,
                                        project_id="test-project", emulator_host=server.endpoint,
-                                       env={"EXTRA": "it's here"})
+                                       env={"EXTRA": "it's here"}, service_account=SA)
     request = launch_request("gs://bucket/runs/r1")
     instance = backend._instance(request, ZONE, "test-project")
     body = json.loads(type(instance).to_json(instance))
