@@ -187,6 +187,9 @@ class SpotBackend(BaseModel, ABC):
     checkpoint_schemes: ClassVar[frozenset[str] | None] = None
     #: the one argument that may also be given positionally (``LocalBackend([...])``), if any
     positional_argument: ClassVar[str | None] = None
+    #: whether a succeeded attempt may still hold resources (a VM that has not deleted itself
+    #: yet): the operator then calls :meth:`stop` after a success too, not only after other ends
+    releases_after_success: ClassVar[bool] = False
 
     def __init__(self, *args: Any, **data: Any) -> None:
         cls = type(self)

@@ -118,6 +118,7 @@ class ComputeEngineSpotBackend(SpotBackend):
     default_restart_overhead = 120.0
     link_labels = ("Compute Engine VM", "Logs")
     checkpoint_schemes = frozenset({"gs", "s3", "file"})
+    releases_after_success = True  # the startup script deletes its VM, unless that failed
 
     zones: list[str] = argument(
         doc="the zone ladder, tried in order for every launch, e.g. ['us-central1-a', 'us-central1-b']")

@@ -914,7 +914,8 @@ class SpotTrainingOperator(BaseOperator):
                              f"attempt ended ({event.kind.value}: {event.reason})")  # type: ignore[union-attr]
         record.outcome = state
         self._save(context, ledger)
-        self._release(record)
+        if event.kind is not EventKind.SUCCEEDED or self.backend.releases_after_success:
+            self._release(record)
         self.log.info(
             "attempt %s on %s ended: %s (%s); checkpoint step %s; %s preemption(s) in total",
             record.number, record.capacity, state.value, record.reason, record.checkpoint_step, ledger.preemptions,

@@ -66,10 +66,10 @@ class VM:
     def finish(self, exit_code: int = 0) -> None:
         """What the startup script does at the end: the result record, then delete the VM."""
         name, env = self.last()
-        path = Path(env["SPOT_TRAINING_RESULT_URI"])
+        path = Path(env["SPOT_TRAINING_RESULT_URI"].removeprefix("file://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"exit_code": exit_code, "attempt": int(env["SPOT_TRAINING_ATTEMPT"]),
-                                    "finished_at": 2.0e9}))
+                                    "finished_at": 2.0e9, "token": env["SPOT_TRAINING_TOKEN"]}))
         self.server.fake.finish(name)
 
 
@@ -106,8 +106,10 @@ def test_preempted_then_escalated_then_success_with_resume(server, prefix):
     assert server.fake.live_instances() == []
     ledger = store.get(LEDGER_KEY)
     assert ledger["attempts"][0]["reason"].startswith("compute.instances.preempted")
-    assert outcome.ti.xcom["spot_training_compute_engine_instance"].endswith(
-        f"/instances/{inserts[1].body['name']}?project=test-project")
+    for number, insert in enumerate(inserts, start=1):  # every attempt keeps its console page
+        assert outcome.ti.xcom[f"spot_training_attempt_{number}_compute_engine_vm"].endswith(
+            f"/instances/{insert.body['name']}?project=test-project")
+    assert [a["links"][0]["name"] for a in ledger["attempts"]] == ["Compute Engine VM"] * 2
 
 
 def test_zone_out_of_capacity_launches_in_the_next(server, prefix):

@@ -86,7 +86,7 @@ def test_preempted_then_escalated_then_success_with_resume(server, tmp_path, mon
     assert {j.custom_job.job_spec.base_output_directory.output_uri_prefix + "/checkpoints" for j in jobs} == {
         expected_prefix}
     assert [j.custom_job.display_name[-3:] for j in jobs] == ["-a1", "-a2"]
-    assert outcome.ti.xcom["spot_training_vertex_ai_custom_job"].startswith(
+    assert outcome.ti.xcom["spot_training_attempt_1_vertex_ai_job"].startswith(
         "https://console.cloud.google.com/vertex-ai/locations/us-central1/training/")
 
 
@@ -131,7 +131,7 @@ def test_task_killed_while_deferred_cancels_the_job(server, tmp_path):
                       stop_after_deferrals=1)
     handle = outcome.deferrals[0].trigger.handle
     asyncio.run(rebuild_trigger(outcome.deferrals[0].trigger).on_kill())
-    assert server.fake.jobs[handle.name].state.name == "JOB_STATE_CANCELLED"
+    assert server.fake.jobs[handle["name"]].state.name == "JOB_STATE_CANCELLED"
 
 
 def test_permission_error_fails_the_task_naming_the_permission(server, tmp_path):

@@ -26,6 +26,6 @@ def test_example_dag_imports_without_credentials(filename, operator, monkeypatch
     task = dag.get_task("train")
     assert type(task).__name__ == operator
     classpath, kwargs = task.backend.serialize()
-    assert task.backend._storage_options is None and kwargs["emulator_host"] is None
+    assert task.backend.storage_options is None and kwargs["emulator_host"] is None
     text = (DAGS / filename).read_text()
     assert "# [START howto_operator_spot_training_" in text and "# [END howto_operator_spot_training_" in text
