@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import difflib
 import importlib
 import re
@@ -112,6 +113,12 @@ class LaunchRequest:
     capacity: Capacity
     token: str
     labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.contract.token:  # the training is told its own token
+            object.__setattr__(self, "contract", dataclasses.replace(self.contract, token=self.token))
+        elif self.contract.token != self.token:
+            raise ValueError(f"the contract's token {self.contract.token!r} is not the request's {self.token!r}")
 
     @property
     def attempt(self) -> int:

@@ -72,7 +72,11 @@ def secret_refs_env(secrets: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def read_contract(environ: Mapping[str, str] | None = None) -> Contract:
-    """Read the contract from the environment; raise a clear error if it is missing."""
+    """Read the contract from the environment; raise a clear error if it is missing.
+
+    (Training code uses :func:`airflow_spot_training.runtime.read_contract`, which also
+    resolves the secrets passed by reference.)
+    """
     env = os.environ if environ is None else environ
     missing = [name for name in (CHECKPOINT_URI, ATTEMPT, CAPACITY, RUN_KEY) if not env.get(name)]
     if missing:

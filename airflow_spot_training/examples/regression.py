@@ -25,7 +25,8 @@ import time
 import torch
 from torch import nn
 
-from airflow_spot_training.core.contract import Contract, read_contract
+from airflow_spot_training.core.contract import Contract
+from airflow_spot_training.runtime.secrets import read_contract
 from airflow_spot_training.runtime.checkpoint import CheckpointManager
 from airflow_spot_training.runtime.interruption import InterruptionWatcher
 from airflow_spot_training.runtime.results import write_metrics

@@ -20,7 +20,9 @@ Run by a spot-training backend (it reads the environment contract)::
 
 Fault injection: ``--stall-interruption-save`` makes the save after a notice write
 its payload and then stall before the commit record, so the hard kill at the end of
-the notice window cuts the checkpoint write short.
+the notice window cuts the checkpoint write short. When the notice lands right after a
+periodic commit, it trains one more step first, so the cut write is always of a step
+that was not committed (whatever the machine's speed).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import time
 import fsspec
 
 from airflow_spot_training.core.checkpoint_protocol import COMMIT_FILE, parse_step_dir, step_dir_name
-from airflow_spot_training.core.contract import Contract, read_contract
+from airflow_spot_training.core.contract import Contract
+from airflow_spot_training.runtime.secrets import read_contract
 from airflow_spot_training.runtime.checkpoint import CheckpointManager
 from airflow_spot_training.runtime.interruption import InterruptionWatcher
 from airflow_spot_training.runtime.results import write_metrics
@@ -88,6 +91,11 @@ def record_start(contract: Contract, start_step: int) -> None:
         fs.pipe_file(f"{path}.{contract.attempt}.{os.getpid()}", line.encode())
 
 
+def _committed(manager: CheckpointManager, step: int) -> bool:
+    latest = manager.latest()
+    return latest is not None and latest.step == step
+
+
 def train(args: argparse.Namespace, contract: Contract) -> int:
     manager = CheckpointManager(contract.checkpoint_uri, keep_last=args.keep_last,
                                 every_steps=args.checkpoint_every)
@@ -112,6 +120,8 @@ def train(args: argparse.Namespace, contract: Contract) -> int:
     with InterruptionWatcher(handle_sigterm=True) as watcher:
         while step < args.steps:
             if watcher.requested:
+                if args.stall_interruption_save and _committed(manager, step):
+                    total, step = total + step, step + 1  # the cut write must be a step not committed yet
                 save("interruption", stall=args.stall_interruption_save)
                 print(json.dumps({"event": "interrupted", "step": step}), flush=True)
                 return EXIT_INTERRUPTED

@@ -2,15 +2,17 @@
 
 * :class:`CheckpointManager`: atomic checkpoints over fsspec.
 * :class:`InterruptionWatcher`: SIGTERM and cloud metadata notices -> "checkpoint now".
-* :func:`read_contract`: the environment the operator hands every attempt.
+* :func:`read_contract`: the environment the operator hands every attempt (secrets passed
+  by reference resolved into ``os.environ``).
 * :func:`write_metrics`: final metrics for the operator's ledger.
 * :mod:`airflow_spot_training.runtime.torch_state`: whole PyTorch training state (needs torch).
 """
 
-from airflow_spot_training.core.contract import Contract, read_contract
+from airflow_spot_training.core.contract import Contract
 from airflow_spot_training.runtime.checkpoint import Checkpoint, CheckpointError, CheckpointManager
 from airflow_spot_training.runtime.interruption import InterruptionWatcher
 from airflow_spot_training.runtime.results import read_metrics, write_metrics
+from airflow_spot_training.runtime.secrets import read_contract
 
 __all__ = [
     "Checkpoint",

@@ -22,7 +22,7 @@ from typing import Any
 import fsspec
 
 from airflow_spot_training.core.checkpoint_protocol import RESULTS_DIR, progress_record_name
-from airflow_spot_training.core.contract import Contract, read_contract
+from airflow_spot_training.core.contract import Contract
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,10 @@ def write_metrics(metrics: dict[str, Any], contract: Contract | None = None, **s
     NaN and infinite values are written as ``null`` (with a warning): a diverged metric
     never makes the run fail.
     """
-    contract = contract or read_contract()
+    if contract is None:
+        from airflow_spot_training.runtime.secrets import read_contract
+
+        contract = read_contract(resolve=False)
     uri = metrics_uri(contract.checkpoint_uri, contract.attempt)
     fs, path = fsspec.core.url_to_fs(uri, **storage_options)
     fs.makedirs(posixpath.dirname(path), exist_ok=True)

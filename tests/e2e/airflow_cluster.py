@@ -46,6 +46,7 @@ import psycopg2
 import redis
 import requests
 import yaml
+from cryptography.fernet import Fernet
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 PG_ADMIN_DB = os.environ.get("SPOT_E2E_PG_ADMIN_DB", "test")
@@ -63,6 +64,7 @@ OVERRIDDEN = {
     "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": "path: under the temporary AIRFLOW_HOME",
     "AIRFLOW__API_AUTH__JWT_SECRET": "secret: random per run",
     "AIRFLOW__API__SECRET_KEY": "secret: random per run",
+    "AIRFLOW__CORE__FERNET_KEY": "secret: a new Fernet key per run (the compose file requires one)",
     "AIRFLOW__CORE__DAGS_FOLDER": "path: the tests' DAGs",
     "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "timing: pick up the tests' DAGs quickly",
     "AIRFLOW__SPOT_TRAINING__CHECKPOINT_BASE_URI": "path: under the test's work directory",
@@ -92,7 +94,8 @@ def compose_environment(compose_file: Path) -> dict[str, str]:
 
     def interpolate(value: Any) -> str:
         text = str(value)
-        text = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}",
+        # ${VAR:-default} and ${VAR:?required} (a required value the suite overrides)
+        text = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?]([^}]*))?\}",
                       lambda m: os.environ.get(m.group(1), m.group(2) or ""), text)
         return text.replace("$$", "$")
 
@@ -156,6 +159,7 @@ class AirflowCluster:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
             "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SPOT_TRAINING__CHECKPOINT_BASE_URI": str(self.checkpoint_base),

@@ -52,9 +52,9 @@ def play_vm(zone: str, instance: dict, server: GCEServer) -> None:
     if until < 300:
         server.fake.preempt(instance["name"])
         return
-    result = Path(env["SPOT_TRAINING_RESULT_URI"])
+    result = Path(env["SPOT_TRAINING_RESULT_URI"].removeprefix("file://"))
     result.parent.mkdir(parents=True, exist_ok=True)
-    result.write_text(json.dumps({"exit_code": 0, "finished_at": 2.0e9}))
+    result.write_text(json.dumps({"exit_code": 0, "finished_at": 2.0e9, "token": env["SPOT_TRAINING_TOKEN"]}))
     server.fake.finish(instance["name"])
 
 

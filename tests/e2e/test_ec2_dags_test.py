@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from airflow_spot_training.backends.ec2 import EC2Handle
 from tests import aws_cloud
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,8 +41,9 @@ def play_machines(storage: dict[str, Any], stop: threading.Event, machine: aws_c
             seen.add(instance.id)
             attempt = int(tags["spot-training:attempt"])
             prefix = f"s3://{aws_cloud.BUCKET}/e2e/{tags['spot-training:run-id']}"
-            machine({"instance_id": instance.id, "attempt": attempt,
-                     "result_uri": f"{prefix}/_results/attempt-{attempt}.json"})
+            machine(EC2Handle(backend="ec2", token=tags["spot-training:token"], attempt=attempt,
+                              capacity=tags["spot-training:capacity"], instance_id=instance.id,
+                              result_uri=f"{prefix}/_results/attempt-{attempt}.json"))
 
 
 def read_summary(env: dict[str, str]) -> Any:

@@ -49,8 +49,8 @@ def test_deadline_escalates_before_it_cannot_absorb_another_preemption(local_air
     esc = summary["escalations"]
     assert len(esc) == 1 and esc[0]["to"] == "on_demand"
     assert "cannot absorb another preemption" in esc[0]["reason"]
-    # escalated by the deadline, not a threshold (there is none), with spot preemptions before it
-    assert 1 <= summary["preemptions"] < 10
+    # escalated by the deadline, not a threshold (there is none), before the spot schedule ran out
+    assert 1 <= summary["preemptions"] <= 7
     assert summary["attempts"][-1]["capacity"] == "on_demand"
     assert summary["attempts"][-1]["ended_at"] <= summary["deadline"]
 

@@ -7,8 +7,8 @@ out of capacity (``ZONE_RESOURCE_POOL_EXHAUSTED`` in the insert operation), a
 quota error (``QUOTA_EXCEEDED`` with ``quotaInfo``), or a 403 permission error.
 
 It also answers the GCE metadata paths the startup script reads
-(``/computeMetadata/v1/...``) and a minimal GCS media upload, so the script
-can run against it too.
+(``/computeMetadata/v1/...``), a minimal GCS media upload and Secret Manager's
+``versions.access``, so the script can run against it too.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class FakeGCE:
     denied_permission: str | None = None
     gcs_root: Path | None = None  # where the fake GCS upload writes gs://bucket/object
     metadata: dict[str, str] = field(default_factory=dict)  # path under computeMetadata/v1 -> value
+    secrets: dict[str, str] = field(default_factory=dict)  # Secret Manager version name -> value
     #: called in a thread after each successful insert with (zone, instance): plays the VM
     on_insert: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -118,6 +119,8 @@ class FakeGCE:
                 return (200, value) if value is not None else (404, "not found")
             if path.startswith("/upload/storage/v1/b/"):
                 return self._upload(path, query, body)
+            if path.startswith("/v1/projects/") and path.endswith(":access"):
+                return self._secret(path[len("/v1/"):-len(":access")])
             if self.denied_permission:
                 return 403, _error(403, f"Required '{self.denied_permission}' permission for "
                                         f"'projects/{self.project}/zones/x/instances/y'", "forbidden")
@@ -194,6 +197,15 @@ class FakeGCE:
         items = [op for (z, _), op in self.operations.items()
                  if z == zone and all(str(op.get(k)) == v for k, v in terms.items())]
         return 200, {"kind": "compute#operationList", "items": items}
+
+    def _secret(self, version: str) -> tuple[int, Any]:
+        """Secret Manager's ``versions.access``: the payload, base64-encoded."""
+        import base64
+
+        if version not in self.secrets:
+            return 404, _error(404, f"Secret Version [{version}] not found or has no versions.", "notFound")
+        data = base64.b64encode(self.secrets[version].encode()).decode()
+        return 200, {"name": version, "payload": {"data": data}}
 
     def _upload(self, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
         bucket = unquote(path[len("/upload/storage/v1/b/"):].split("/", 1)[0])

@@ -17,6 +17,7 @@ def launch_request(prefix: str, attempt: int = 1, capacity: Capacity = Capacity.
         preemptions=0,
         run_key=key,
         result_uri=f"{prefix.rstrip('/')}/_results/attempt-{attempt}.json",
+        token=attempt_token(key, attempt),
     )
     return LaunchRequest(
         contract=contract, capacity=capacity, token=attempt_token(key, attempt),

@@ -51,7 +51,8 @@ class LaunchThenHangBackend(LocalBackend):
         return handle
 
     def serialize(self):  # type: ignore[no-untyped-def]
-        return "airflow_spot_training.backends.local.LocalBackend", self.serialize_kwargs()
+        _, kwargs = super().serialize()
+        return "airflow_spot_training.backends.local.LocalBackend", kwargs
 
 
 def _dag(dag_id: str, **kwargs) -> DAG:

@@ -118,6 +118,17 @@ class TestRunInstancesParams:
             "d", "r", "train"}
         assert "SPOT_TRAINING_ATTEMPT=1" in params["UserData"]
 
+    def test_imdsv2_is_required(self):
+        params = backend().run_instances_params(request(), {"instance_type": "c5.xlarge"}, 0)
+        assert params["MetadataOptions"]["HttpTokens"] == "required"
+
+    def test_secrets_travel_as_references_and_are_resolved_on_the_instance(self):
+        arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:hf-token-AbCdEf"
+        user_data = backend(secrets={"HF_TOKEN": arn}, env={"PLAIN": "visible"}).user_data(request())
+        assert f"HF_TOKEN=\"$(resolve_secret {arn})\"" in user_data
+        assert "export PLAIN=visible" in user_data  # plain env is in the user data, as documented
+        assert "SPOT_TRAINING_TOKEN=0123456789abcdef0123-a1" in user_data
+
     def test_on_demand_launch_from_a_launch_template(self):
         b = backend(image_id=None, instance_types=None, launch_template={"LaunchTemplateName": "lt", "Version": "3"})
         params = b.run_instances_params(request(Capacity.ON_DEMAND, 3), b.capacity_pools()[0], 0)

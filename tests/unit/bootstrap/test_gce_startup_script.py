@@ -21,11 +21,12 @@ ZONE = "us-central1-a"
 
 SA = "trainer@test-project.iam.gserviceaccount.com"
 
-def boot(server: GCEServer, tmp_path: Path, command: str, preempted: bool = False) -> tuple[subprocess.CompletedProcess, dict]:
+def boot(server: GCEServer, tmp_path: Path, command: str, preempted: bool = False,
+         secrets: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     """Create the VM in the fake cloud with the metadata the backend builds, then run its startup script."""
     backend = ComputeEngineSpotBackend(zones=[ZONE], machine_type="e2-small", command=command,
                                        project_id="test-project", emulator_host=server.endpoint,
-                                       env={"EXTRA": "it's here"}, service_account=SA)
+                                       env={"EXTRA": "it's here"}, service_account=SA, secrets=secrets or {})
     request = launch_request("gs://bucket/runs/r1")
     instance = backend._instance(request, ZONE, "test-project")
     body = json.loads(type(instance).to_json(instance))
@@ -43,7 +44,7 @@ def boot(server: GCEServer, tmp_path: Path, command: str, preempted: bool = Fals
     script = tmp_path / "startup.sh"
     script.write_text(startup_script_template())
     env = {**os.environ, "SPOT_TRAINING_METADATA_URL": server.endpoint, "SPOT_TRAINING_STORAGE_URL": server.endpoint,
-           "SPOT_TRAINING_COMPUTE_URL": server.endpoint}
+           "SPOT_TRAINING_COMPUTE_URL": server.endpoint, "SPOT_TRAINING_SECRETS_URL": server.endpoint}
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60,
                           cwd=tmp_path)
     return proc, {"name": instance.name, "request": request}
@@ -60,6 +61,7 @@ def test_runs_the_command_with_the_contract_writes_the_result_and_deletes_the_vm
         assert seen["SPOT_TRAINING_ATTEMPT"] == "1" and seen["EXTRA"] == "it's here"
         result = json.loads((tmp_path / "gcs" / "bucket" / "runs/r1/_results/attempt-1.json").read_text())
         assert result["exit_code"] == 3 and result["zone"] == ZONE and result["instance"] == vm["name"]
+        assert result["token"] == vm["request"].token  # so a later run at the same prefix never takes it
         assert server.fake.calls("DELETE", f"/zones/{ZONE}/instances/{vm['name']}")
         assert server.fake.live_instances() == []
 
@@ -70,3 +72,33 @@ def test_a_preempted_vm_writes_no_result_and_leaves_deletion_to_the_cloud(tmp_pa
         assert proc.returncode == 0, proc.stderr
         assert not (tmp_path / "gcs").exists()
         assert not server.fake.calls("DELETE")
+
+
+def test_secrets_are_resolved_on_the_vm_and_never_in_its_metadata(tmp_path):
+    with GCEServer() as server:
+        version = "projects/test-project/secrets/hf-token/versions/latest"
+        server.fake.secrets[version] = "s3cr3t value"
+        out = tmp_path / "seen.json"
+        command = f"python3 -c 'import json, os; json.dump(dict(os.environ), open(\"{out}\", \"w\"))'"
+        proc, vm = boot(server, tmp_path, command, secrets={"HF_TOKEN": "projects/test-project/secrets/hf-token"})
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(out.read_text())["HF_TOKEN"] == "s3cr3t value"
+        metadata = json.dumps({k: v for k, v in server.fake.metadata.items() if k.startswith("instance/attributes/")})
+        assert "s3cr3t" not in metadata and "hf-token" in metadata
+        (access,) = [r for r in server.fake.requests if r.path.endswith(":access")]
+        assert access.path == f"/v1/{version}:access"
+
+
+def test_an_environment_name_that_is_shell_code_is_refused_by_the_script(tmp_path):
+    with GCEServer() as server:
+        proc, vm = boot(server, tmp_path, "true")
+        ran = tmp_path / "pwned"
+        attributes = f"instance/attributes/spot-training-env"
+        env = json.loads(server.fake.metadata[attributes])
+        server.fake.metadata[attributes] = json.dumps({**env, f"X=1; touch {ran}; Y": "v"})
+        proc = subprocess.run(["bash", str(tmp_path / "startup.sh")], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path, env={**os.environ, "SPOT_TRAINING_METADATA_URL": server.endpoint,
+                                                 "SPOT_TRAINING_STORAGE_URL": server.endpoint,
+                                                 "SPOT_TRAINING_COMPUTE_URL": server.endpoint})
+        assert not ran.exists()
+        assert "refusing the environment variable name" in proc.stderr + proc.stdout

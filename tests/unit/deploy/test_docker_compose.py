@@ -3,6 +3,7 @@ the environment the distributed test suite runs with."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -67,12 +68,24 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
     if exe is None:
         pytest.skip("docker-compose is not installed (scripts/setup.sh installs Debian's package when run as "
                     "root); the structure test above still checks the file")
+    env = {**os.environ, "AIRFLOW_FERNET_KEY": "a" * 43 + "="}
     quiet = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True,
-                           cwd=ROOT)
+                           cwd=ROOT, env=env)
     assert quiet.returncode == 0, quiet.stderr
     out = subprocess.run([exe, "-f", str(COMPOSE), "config"], capture_output=True, text=True, cwd=ROOT,
-                         check=True)
+                         check=True, env=env)
     _check(yaml.safe_load(out.stdout))
+
+
+def test_the_deployment_refuses_to_start_without_a_fernet_key():
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose is not installed (scripts/setup.sh installs Debian's package when run as root)")
+    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_FERNET_KEY"}
+    refused = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True,
+                             cwd=ROOT, env=env)
+    assert refused.returncode != 0
+    assert "set AIRFLOW_FERNET_KEY" in refused.stderr
 
 
 def test_the_e2e_suite_runs_with_the_compose_environment():
