@@ -48,3 +48,26 @@ def test_every_operator_argument_is_in_the_reference():
     assert not missing, f"undocumented SpotTrainingOperator arguments: {missing}"
     docstring = SpotTrainingOperator.__doc__ or ""
     assert not [p for p in params if f":param {p}:" not in docstring]
+
+
+def test_backend_argument_tables_are_generated_from_the_declarations():
+    import subprocess
+    import sys
+
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "update_reference.py"), "--check"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, "docs/reference.md is stale: run python scripts/update_reference.py"
+
+
+@pytest.mark.parametrize("module, name", [
+    ("airflow_spot_training.operators.ec2", "EC2SpotTrainingOperator"),
+    ("airflow_spot_training.operators.sagemaker", "SageMakerSpotTrainingOperator"),
+    ("airflow_spot_training.operators.compute_engine", "ComputeEngineSpotTrainingOperator"),
+    ("airflow_spot_training.operators.vertex_ai", "VertexAISpotTrainingOperator"),
+])
+def test_every_convenience_operator_documents_its_backend_arguments(module, name):
+    import importlib
+
+    operator = getattr(importlib.import_module(module), name)
+    missing = [arg for arg in operator.backend_class.model_fields if f":param {arg}:" not in (operator.__doc__ or "")]
+    assert not missing, f"{name} does not document {missing}"

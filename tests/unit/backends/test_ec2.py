@@ -118,6 +118,15 @@ class TestRunInstancesParams:
             "d", "r", "train"}
         assert "SPOT_TRAINING_ATTEMPT=1" in params["UserData"]
 
+    def test_tags_satisfy_the_documented_iam_conditions(self):
+        labelled = request()
+        labelled.labels["deployment"] = "3f9c2a71b0de"
+        params = backend().run_instances_params(labelled, {"instance_type": "c5.xlarge"}, 0)
+        for spec in params["TagSpecifications"]:
+            tags = {t["Key"]: t["Value"] for t in spec["Tags"]}
+            assert tags["spot-training:deployment"] == "3f9c2a71b0de"
+            assert all(k.startswith("spot-training:") or k == "Name" for k in tags)  # aws:TagKeys in the policy
+
     def test_imdsv2_is_required(self):
         params = backend().run_instances_params(request(), {"instance_type": "c5.xlarge"}, 0)
         assert params["MetadataOptions"]["HttpTokens"] == "required"

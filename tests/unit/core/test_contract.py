@@ -23,3 +23,11 @@ class TestContract:
     def test_attempt_token_fits_a_client_token(self):
         token = attempt_token(run_key("d" * 250, "r" * 250, "t" * 250, 5), 999)
         assert len(token) <= 64 and token.isascii()
+
+
+def test_the_deployment_id_salts_run_keys_and_an_unsalted_key_is_unchanged():
+    import hashlib
+
+    old = hashlib.sha256("d\x1fr\x1ft\x1f-1".encode()).hexdigest()[:20]  # how version 1 derived it
+    assert run_key("d", "r", "t") == old
+    assert run_key("d", "r", "t", deployment="prod-a") != run_key("d", "r", "t", deployment="prod-b") != old

@@ -35,8 +35,15 @@ def test_iam_policy_covers_the_backends_calls():
 
 def test_iam_policy_limits_what_can_be_limited():
     by_sid = {s["Sid"]: s for s in _policy()["Statement"]}
-    assert "aws:ResourceTag/spot-training:token" in json.dumps(by_sid["TerminateOnlyOwnInstances"]["Condition"])
-    assert by_sid["TagOnlyAtLaunch"]["Condition"] == {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
+    own = {"aws:ResourceTag/spot-training:deployment": "DEPLOYMENT_ID"}
+    assert by_sid["TerminateOnlyOwnInstances"]["Condition"] == {"StringEquals": own}
+    for sid in ("LaunchOnlyTaggedForThisDeployment", "TagOnlyAtLaunch"):
+        condition = by_sid[sid]["Condition"]
+        assert condition["StringEquals"]["aws:RequestTag/spot-training:deployment"] == "DEPLOYMENT_ID"
+        assert condition["ForAllValues:StringLike"]["aws:TagKeys"] == ["spot-training:*", "Name"]
+    assert by_sid["TagOnlyAtLaunch"]["Condition"]["StringEquals"]["ec2:CreateAction"] == "RunInstances"
+    tagged = set(by_sid["LaunchOnlyTaggedForThisDeployment"]["Resource"])
+    assert {r.rsplit(":", 1)[-1].split("/")[0] for r in tagged} == {"instance", "volume", "spot-instances-request"}
     for sid in ("PassTheInstanceRole", "PassTheSageMakerExecutionRole"):
         assert "iam:PassedToService" in json.dumps(by_sid[sid]["Condition"])
     unscoped = {sid for sid, s in by_sid.items() if s["Resource"] == "*"}
