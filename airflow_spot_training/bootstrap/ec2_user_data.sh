@@ -17,6 +17,14 @@
 # airflow_spot_training.runtime.interruption.InterruptionWatcher(aws_imds=True).
 #
 # Placeholders @@NAME@@ are replaced by shell-quoted values when rendering.
+#
+# Test seams (never set on a real instance; tests run this script with bash as a local
+# process against loopback fakes):
+#   SPOT_TRAINING_AWS_IMDS_URL     base URL of the instance metadata service (also read by
+#                                  InterruptionWatcher(aws_imds=True))
+#   SPOT_TRAINING_SHUTDOWN_COMMAND replaces the shutdown command, so the harness can see it
+#   SPOT_TRAINING_LOG_FILE         replaces the log file
+# Without the AWS CLI on the PATH, s3:// result records are written with python3 + fsspec (s3fs).
 set -u
 
 export SPOT_TRAINING_CHECKPOINT_URI=@@CHECKPOINT_URI@@
@@ -28,17 +36,18 @@ export SPOT_TRAINING_RESULT_URI=@@RESULT_URI@@
 @@EXTRA_ENV@@
 TRAINING_COMMAND=@@COMMAND@@
 CONTAINER_IMAGE=@@CONTAINER_IMAGE@@
-SHUTDOWN_COMMAND=@@SHUTDOWN_COMMAND@@
-LOG_FILE=@@LOG_FILE@@
+SHUTDOWN_COMMAND="${SPOT_TRAINING_SHUTDOWN_COMMAND:-}"; [ -n "$SHUTDOWN_COMMAND" ] || SHUTDOWN_COMMAND=@@SHUTDOWN_COMMAND@@
+LOG_FILE="${SPOT_TRAINING_LOG_FILE:-}"; [ -n "$LOG_FILE" ] || LOG_FILE=@@LOG_FILE@@
+IMDS_URL="${SPOT_TRAINING_AWS_IMDS_URL:-http://169.254.169.254}"
 
 log() { echo "[spot-training] $(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$LOG_FILE" >&2; }
 
 instance_id() {
   local token
-  token=$(curl -sf -m 2 -X PUT http://169.254.169.254/latest/api/token \
+  token=$(curl -sf -m 2 -X PUT "$IMDS_URL/latest/api/token" \
           -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' 2>/dev/null) || { echo unknown; return; }
   curl -sf -m 2 -H "X-aws-ec2-metadata-token: $token" \
-       http://169.254.169.254/latest/meta-data/instance-id 2>/dev/null || echo unknown
+       "$IMDS_URL/latest/meta-data/instance-id" 2>/dev/null || echo unknown
 }
 
 run_training() {
@@ -56,12 +65,20 @@ run_training() {
   fi
 }
 
+write_with_fsspec() {
+  python3 -c 'import sys, fsspec; fs, path = fsspec.core.url_to_fs(sys.argv[1]); fs.pipe_file(path, sys.stdin.read().encode())' \
+    "$SPOT_TRAINING_RESULT_URI" <<<"$1"
+}
+
 write_result() {
   local record="$1"
   case "$SPOT_TRAINING_RESULT_URI" in
-    s3://*) printf '%s' "$record" | aws s3 cp - "$SPOT_TRAINING_RESULT_URI" --content-type application/json ;;
-    *://*)  python3 -c 'import sys, fsspec; fsspec.open(sys.argv[1], "w").open().write(sys.stdin.read())' \
-              "$SPOT_TRAINING_RESULT_URI" <<<"$record" ;;
+    s3://*) if command -v aws >/dev/null 2>&1; then
+              printf '%s' "$record" | aws s3 cp - "$SPOT_TRAINING_RESULT_URI" --content-type application/json
+            else
+              write_with_fsspec "$record"
+            fi ;;
+    *://*)  write_with_fsspec "$record" ;;
     *)      mkdir -p "$(dirname "$SPOT_TRAINING_RESULT_URI")" && printf '%s' "$record" > "$SPOT_TRAINING_RESULT_URI" ;;
   esac
 }
