@@ -125,6 +125,9 @@ class Cloud(ABC):
         self.no_capacity_at_all = False
         self.launch_gate: threading.Event | None = None
         self.launch_blocked = threading.Event()
+        #: cleared: machines are created but do not boot (a job stays pending) until it is set again
+        self.starts_released = threading.Event()
+        self.starts_released.set()
         self._lock = threading.Lock()
 
     # -- building the operator ---------------------------------------------------------
@@ -335,8 +338,10 @@ class LocalCloud(Cloud):
         return count
 
     def live_resources(self) -> int:
+        from airflow_spot_training.backends.local import _alive
+
         return sum(1 for a in self.attempts() if a.status().get("state") in (None, "running", "pending")
-                   and a.launch())
+                   and a.launch() and _alive(int(a.launch()["supervisor_pid"])))
 
     def max_concurrent(self) -> int:
         spans = []
@@ -482,6 +487,7 @@ class EC2Cloud(Cloud):
             aws_cloud.shut_down_instance(instance_id)
             return
         (home / "user-data.sh").write_text(script)
+        self.starts_released.wait(60)
         shutdown = home / "shutdown"
         env = machine_env({
             "SPOT_TRAINING_AWS_IMDS_URL": self.imds.base_url(instance_id),
@@ -652,6 +658,7 @@ class SageMakerCloud(Cloud):
         algorithm = spec["AlgorithmSpecification"]
         argv = list(algorithm.get("ContainerEntrypoint") or []) + list(algorithm.get("ContainerArguments") or [])
         s3_uri = spec["CheckpointConfig"]["S3Uri"]
+        self.starts_released.wait(60)
         run = 0
         while True:
             run += 1
@@ -872,6 +879,9 @@ class ComputeEngineCloud(Cloud):
                 self.fake.instances[(zone, name)]["status"] = "TERMINATED"
             return
         (home / "startup.sh").write_text(items["startup-script"])
+        self.starts_released.wait(60)
+        if not self._exists(zone, name):
+            return
         process = self.fleet.start(name, attempt, capacity, ["bash", str(home / "startup.sh")], machine_env({
             "SPOT_TRAINING_METADATA_URL": f"{self.server.endpoint}/vm/{name}",
             "SPOT_TRAINING_STORAGE_URL": self.server.endpoint,
@@ -907,6 +917,8 @@ class ComputeEngineCloud(Cloud):
                     kill_at = time.time() + NOTICE_WINDOW
                 else:
                     process.freeze_and_kill()
+                    self.fake.preempt(name)
+                    return
             time.sleep(TICK)
 
     def live_resources(self) -> int:
@@ -995,6 +1007,9 @@ class VertexAICloud(Cloud):
         if self.no_capacity_at_all or (spot and self.take("spot_outage_launches")):
             self.fake.fail(job.name, 8, "STOCKOUT: resources are not available in us-central1 right now")
             return
+        self.starts_released.wait(60)
+        if self._state(job.name) != "JOB_STATE_PENDING":
+            return  # cancelled while it waited for its machine
         self.fake.start(job.name)
         process = self.fleet.start(job.name.rsplit("/", 1)[1], attempt, capacity, [*spec.command, *spec.args],
                                    machine_env(env))

@@ -86,10 +86,13 @@ class TryOutcome:
 
 
 def rebuild(trigger: Any) -> Any:
-    """What a triggerer does: the class from its path, the kwargs through JSON."""
+    """What a triggerer does: the class from its path, the kwargs through Airflow's serializer."""
+    from airflow.serialization.serialized_objects import BaseSerialization
+
     classpath, kwargs = trigger.serialize()
     module, _, name = classpath.rpartition(".")
-    return getattr(importlib.import_module(module), name)(**json.loads(json.dumps(kwargs)))
+    stored = json.loads(json.dumps(BaseSerialization.serialize(kwargs)))  # the metadata DB row
+    return getattr(importlib.import_module(module), name)(**BaseSerialization.deserialize(stored))
 
 
 async def first_event(trigger: Any) -> Any:
