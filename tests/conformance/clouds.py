@@ -407,8 +407,8 @@ class EC2Cloud(Cloud):
 
         super().__init__(root, imds)
         self.aws = aws
-        self.network = aws_cloud.make_network()
-        self.subnets = self.network["subnets"][:2]
+        self.network = _network()
+        self.subnets = self.network["subnets"]
         self._install(monkeypatch)
 
     def prefix(self, tag: str = "run") -> str:
@@ -540,6 +540,25 @@ class EC2Cloud(Cloud):
         return self.calls
 
 
+_IMAGE_ID: list[str] = []
+
+
+def _network() -> dict[str, Any]:
+    """A VPC with two subnets in two AZs, and an AMI moto knows (looked up once: it is slow)."""
+    import boto3
+
+    from tests.aws_cloud import REGION
+
+    ec2 = boto3.client("ec2", region_name=REGION)
+    if not _IMAGE_ID:
+        _IMAGE_ID.append(ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"])
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24",
+                                 AvailabilityZone=f"{REGION}{zone}")["Subnet"]["SubnetId"]
+               for i, zone in enumerate("ab")]
+    return {"vpc": vpc, "subnets": subnets, "image_id": _IMAGE_ID[0]}
+
+
 def _user_data_text(user_data: Any) -> str:
     import base64
 
@@ -649,11 +668,7 @@ class SageMakerCloud(Cloud):
         spec = self.specs[name]
         env = dict(spec.get("Environment") or {})
         attempt = int(env.get("SPOT_TRAINING_ATTEMPT", "0"))
-        if attempt in self.fail_to_start:
-            self._end(name, "Failed", "CannotStartContainerError: the container could not start")
-            return
-        if capacity == "spot" and self.take("spot_outage_launches") or self.no_capacity_at_all:
-            self._no_capacity(name, capacity)
+        if self._never_starts(name, attempt, capacity):
             return
         algorithm = spec["AlgorithmSpecification"]
         argv = list(algorithm.get("ContainerEntrypoint") or []) + list(algorithm.get("ContainerArguments") or [])
@@ -671,6 +686,16 @@ class SageMakerCloud(Cloud):
             ending = self._watch_job(name, process, sync)
             if ending != "interrupted" or not self._restart_in_place(name):
                 return
+
+    def _never_starts(self, name: str, attempt: int, capacity: str) -> bool:
+        """A job whose container cannot start, or that gets no capacity: ended here, no process."""
+        if attempt in self.fail_to_start:
+            self._end(name, "Failed", "CannotStartContainerError: the container could not start")
+            return True
+        if self.no_capacity_at_all or (capacity == "spot" and self.take("spot_outage_launches")):
+            self._no_capacity(name, capacity)
+            return True
+        return False
 
     def _watch_job(self, name: str, process: MachineProcess, sync: CheckpointSync) -> str:
         kill_at: float | None = None
@@ -821,33 +846,41 @@ class ComputeEngineCloud(Cloud):
 
     # -- the API's answers ---------------------------------------------------------------
     def _before_request(self, request: Any) -> tuple[int, Any] | None:
-        from tests.fakes.gce_server import _error
-
         if request.path.startswith(("/vm/", "/computeMetadata/", "/upload/")):
             return None
         if self.fake.from_vm(request):
             return self._from_vm(request)
-        is_insert = request.method == "POST" and request.path.endswith("/instances")
-        if is_insert:
-            self.hold_launch()
-            if self.take("throttle_launches"):
-                self.calls.refused.append("insert: 429")
-                return 429, _error(429, "Rate Limit Exceeded", "rateLimitExceeded")
-            spot = (request.body.get("scheduling") or {}).get("provisioningModel") == "SPOT"
-            if self.no_capacity_at_all or (spot and self.take("spot_outage_launches")):
-                self.fake.exhausted_zones.update(self.ZONES)
-            else:
-                self.fake.exhausted_zones.clear()
-            return None
+        if request.method == "POST" and request.path.endswith("/instances"):
+            return self._insert(request)
         if request.method == "GET" and "/instances/" in request.path:
-            if self.status_api_down:
-                return 401, _error(401, "Request had invalid authentication credentials.", "authError")
-            if self.take("throttle_polls"):
-                return 503, _error(503, "The service is currently unavailable.", "backendError")
+            return self._read_instance()
         if request.method == "DELETE":
             name = request.path.rsplit("/", 1)[1]
             self.calls.stops.append(name)
             self.deleted_by_api.add(name)
+        return None
+
+    def _insert(self, request: Any) -> tuple[int, Any] | None:
+        from tests.fakes.gce_server import _error
+
+        self.hold_launch()
+        if self.take("throttle_launches"):
+            self.calls.refused.append("insert: 429")
+            return 429, _error(429, "Rate Limit Exceeded", "rateLimitExceeded")
+        spot = (request.body.get("scheduling") or {}).get("provisioningModel") == "SPOT"
+        if self.no_capacity_at_all or (spot and self.take("spot_outage_launches")):
+            self.fake.exhausted_zones.update(self.ZONES)
+        else:
+            self.fake.exhausted_zones.clear()
+        return None
+
+    def _read_instance(self) -> tuple[int, Any] | None:
+        from tests.fakes.gce_server import _error
+
+        if self.status_api_down:
+            return 401, _error(401, "Request had invalid authentication credentials.", "authError")
+        if self.take("throttle_polls"):
+            return 503, _error(503, "The service is currently unavailable.", "backendError")
         return None
 
     def _from_vm(self, request: Any) -> tuple[int, Any] | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -255,7 +256,12 @@ def test_no_capacity_anywhere_fails_clearly_naming_the_pools(cloud: Cloud) -> No
     operator = cloud.operator(Training(steps=8, every=4), cloud.prefix(),
                               escalation_policy=cloud.outage_policy(), max_spot_wait=2, max_attempts=4)
     run = TaskRun()
-    outcome = run.run_try(operator, max_deferrals=12)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(400)  # a relaunch loop that recurses ends in a RecursionError soon, not after ~250 launches
+    try:
+        outcome = run.run_try(operator, max_deferrals=12)
+    finally:
+        sys.setrecursionlimit(limit)
 
     assert isinstance(outcome.error, AirflowFailException), repr(outcome.error)
     for pool in cloud.pools():
