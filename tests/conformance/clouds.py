@@ -860,9 +860,16 @@ class ComputeEngineCloud(Cloud):
             self.deleted_by_api.add(name)
         return None
 
+    #: inserts after which the fake stops playing along: a relaunch loop that never defers would
+    #: otherwise recurse until Python's RecursionError, which corrupts the test process
+    MAX_INSERTS = 24
+
     def _insert(self, request: Any) -> tuple[int, Any] | None:
         from tests.fakes.gce_server import _error
 
+        if len(self.fake.inserts()) >= self.MAX_INSERTS:
+            return 403, _error(403, f"conformance harness: more than {self.MAX_INSERTS} inserts in one test, "
+                                    "an unbounded relaunch loop", "forbidden")
         self.hold_launch()
         if self.take("throttle_launches"):
             self.calls.refused.append("insert: 429")

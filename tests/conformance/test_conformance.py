@@ -59,8 +59,8 @@ KNOWN: dict[str, dict[str, str]] = {
         "max_spot_wait, then on-demand")),
     "no_capacity_anywhere": {
         "sagemaker": "an on-demand job that fails with CapacityError is a plain retryable failure, naming no pool",
-        "compute_engine": "on-demand SpotCapacityUnavailable relaunches at once, uncounted by max_attempts: "
-                          "unbounded recursion (RecursionError)",
+        "compute_engine": "on-demand SpotCapacityUnavailable relaunches at once, uncounted by max_attempts: an "
+                          "unbounded recursive loop (stopped by the fake after 24 inserts)",
         "vertex_ai": "an on-demand job failed by a stockout (RESOURCE_EXHAUSTED) is a plain retryable failure",
     },
     "poll_failures": dict.fromkeys(["ec2", "sagemaker", "compute_engine", "vertex_ai"], (
