@@ -20,10 +20,17 @@
 # says the training had already exited 0. Training code gets the two-minute notice through
 # airflow_spot_training.runtime.interruption.InterruptionWatcher(aws_imds=True).
 #
-# IMDSv2 only (the backend launches with HttpTokens=required). SPOT_TRAINING_IMDS_URL
-# overrides the IMDS address (tests run this script against a loopback IMDS).
+# IMDSv2 only (the backend launches with HttpTokens=required).
 #
 # Placeholders @@NAME@@ are replaced by shell-quoted values when rendering.
+#
+# Test seams (never set on a real instance; tests run this script with bash as a local
+# process against loopback fakes):
+#   SPOT_TRAINING_IMDS_URL         base URL of the instance metadata service (also read by
+#                                  InterruptionWatcher(aws_imds=True))
+#   SPOT_TRAINING_SHUTDOWN_COMMAND replaces the shutdown command, so the harness can see it
+#   SPOT_TRAINING_LOG_FILE         replaces the log file
+# Without the AWS CLI on the PATH, s3:// result records are written with python3 + fsspec (s3fs).
 set -u
 
 export SPOT_TRAINING_CHECKPOINT_URI=@@CHECKPOINT_URI@@
@@ -36,9 +43,8 @@ export SPOT_TRAINING_TOKEN=@@TOKEN@@
 @@EXTRA_ENV@@
 TRAINING_COMMAND=@@COMMAND@@
 CONTAINER_IMAGE=@@CONTAINER_IMAGE@@
-SHUTDOWN_COMMAND=@@SHUTDOWN_COMMAND@@
-LOG_FILE=@@LOG_FILE@@
-
+SHUTDOWN_COMMAND="${SPOT_TRAINING_SHUTDOWN_COMMAND:-}"; [ -n "$SHUTDOWN_COMMAND" ] || SHUTDOWN_COMMAND=@@SHUTDOWN_COMMAND@@
+LOG_FILE="${SPOT_TRAINING_LOG_FILE:-}"; [ -n "$LOG_FILE" ] || LOG_FILE=@@LOG_FILE@@
 IMDS_URL="${SPOT_TRAINING_IMDS_URL:-http://169.254.169.254}"
 
 log() { echo "[spot-training] $(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$LOG_FILE" >&2; }
@@ -76,16 +82,21 @@ run_training() {
   fi
 }
 
+write_with_fsspec() {
+  printf '%s' "$1" | python3 -c 'import sys, fsspec; fs, path = fsspec.core.url_to_fs(sys.argv[1]); fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True); fs.pipe_file(path, sys.stdin.buffer.read())' \
+    "$SPOT_TRAINING_RESULT_URI"
+}
+
 write_result() {
-  local record="$1" uri="$SPOT_TRAINING_RESULT_URI"
-  case "$uri" in
+  local record="$1"
+  case "$SPOT_TRAINING_RESULT_URI" in
     s3://*) if command -v aws >/dev/null 2>&1; then
-              printf '%s' "$record" | aws s3 cp - "$uri" --content-type application/json
+              printf '%s' "$record" | aws s3 cp - "$SPOT_TRAINING_RESULT_URI" --content-type application/json
             else
-              printf '%s' "$record" | python3 -c 'import sys, fsspec; fs, p = fsspec.core.url_to_fs(sys.argv[1]); fs.pipe_file(p, sys.stdin.buffer.read())' "$uri"
+              write_with_fsspec "$record"
             fi ;;
-    *://*)  printf '%s' "$record" | python3 -c 'import sys, fsspec; fs, p = fsspec.core.url_to_fs(sys.argv[1]); fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True); fs.pipe_file(p, sys.stdin.buffer.read())' "$uri" ;;
-    *)      mkdir -p "$(dirname "$uri")" && printf '%s' "$record" > "$uri" ;;
+    *://*)  write_with_fsspec "$record" ;;
+    *)      mkdir -p "$(dirname "$SPOT_TRAINING_RESULT_URI")" && printf '%s' "$record" > "$SPOT_TRAINING_RESULT_URI" ;;
   esac
 }
 

@@ -8,6 +8,14 @@ Three sources, any of which sets the same "checkpoint now" flag:
 * the GCE metadata value ``instance/preempted`` (``TRUE`` once preempted; 30 s notice).
 
 The pollers are plain ``urllib`` loops in daemon threads: no cloud SDK, no Airflow.
+
+The endpoints and the polling period can be overridden through the environment,
+which is how tests point the watcher at loopback fakes of the metadata services:
+
+* ``SPOT_TRAINING_IMDS_URL``: base URL used for ``aws_imds=True``;
+* ``SPOT_TRAINING_METADATA_URL``: base URL used for ``gce_metadata=True`` (the same
+  variable the Compute Engine startup script honours);
+* ``SPOT_TRAINING_NOTICE_POLL_SECONDS``: the default of ``poll_seconds``.
 """
 
 from __future__ import annotations
@@ -25,21 +33,23 @@ log = logging.getLogger(__name__)
 
 AWS_IMDS_ENDPOINT = "http://169.254.169.254"
 GCE_METADATA_ENDPOINT = "http://metadata.google.internal"
-#: environment variables that move the endpoints (the bootstraps honour the same ones; tests
-#: point them at loopback servers)
-AWS_IMDS_ENV = "SPOT_TRAINING_IMDS_URL"
-GCE_METADATA_ENV = "SPOT_TRAINING_METADATA_URL"
+#: environment overrides (see the module docstring)
+AWS_IMDS_URL_ENV = "SPOT_TRAINING_IMDS_URL"
+GCE_METADATA_URL_ENV = "SPOT_TRAINING_METADATA_URL"
+POLL_SECONDS_ENV = "SPOT_TRAINING_NOTICE_POLL_SECONDS"
+DEFAULT_POLL_SECONDS = 5.0
 
 
 class InterruptionWatcher:
     """Sets :attr:`requested` when an interruption notice arrives.
 
     :param handle_sigterm: install a SIGTERM handler (main thread only).
-    :param aws_imds: poll the AWS instance-action notice; ``True`` for the instance's IMDS
-        (``$SPOT_TRAINING_IMDS_URL`` when set) or a base URL.
-    :param gce_metadata: poll the GCE preempted flag; ``True`` for the metadata server
-        (``$SPOT_TRAINING_METADATA_URL`` when set) or a base URL.
-    :param poll_seconds: how often the pollers ask (AWS recommends every 5 s).
+    :param aws_imds: poll the AWS instance-action notice; ``True`` for the real
+        endpoint (or ``$SPOT_TRAINING_IMDS_URL``), or a base URL.
+    :param gce_metadata: poll the GCE preempted flag; ``True`` for the real endpoint
+        (or ``$SPOT_TRAINING_METADATA_URL``), or a base URL.
+    :param poll_seconds: how often the pollers ask (AWS recommends every 5 s; default
+        ``$SPOT_TRAINING_NOTICE_POLL_SECONDS`` or 5).
     """
 
     def __init__(
@@ -48,22 +58,20 @@ class InterruptionWatcher:
         handle_sigterm: bool = True,
         aws_imds: bool | str = False,
         gce_metadata: bool | str = False,
-        poll_seconds: float = 5.0,
+        poll_seconds: float | None = None,
         on_notice: Callable[[str], None] | None = None,
     ) -> None:
         self._event = threading.Event()
         self.source: str | None = None
         self.detail: dict[str, Any] = {}
-        self.poll_seconds = poll_seconds
+        self.poll_seconds = poll_seconds if poll_seconds is not None else _env_poll_seconds()
         self._on_notice = on_notice
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._previous_handler: Any = None
         self._handle_sigterm = handle_sigterm
-        aws_default = os.environ.get(AWS_IMDS_ENV) or AWS_IMDS_ENDPOINT
-        gce_default = os.environ.get(GCE_METADATA_ENV) or GCE_METADATA_ENDPOINT
-        self._aws = aws_default if aws_imds is True else (aws_imds or None)
-        self._gce = gce_default if gce_metadata is True else (gce_metadata or None)
+        self._aws = _endpoint(aws_imds, AWS_IMDS_URL_ENV, AWS_IMDS_ENDPOINT)
+        self._gce = _endpoint(gce_metadata, GCE_METADATA_URL_ENV, GCE_METADATA_ENDPOINT)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> InterruptionWatcher:
@@ -156,3 +164,19 @@ class InterruptionWatcher:
             except (OSError, ValueError) as e:
                 log.debug("GCE metadata not reachable: %s", e)
             self._stop.wait(self.poll_seconds)
+
+
+def _endpoint(value: bool | str, env_name: str, default: str) -> str | None:
+    """The base URL to poll: ``True`` means the environment override, else the real endpoint."""
+    if value is True:
+        return os.environ.get(env_name) or default
+    return value or None
+
+
+def _env_poll_seconds() -> float:
+    raw = os.environ.get(POLL_SECONDS_ENV)
+    try:
+        return float(raw) if raw else DEFAULT_POLL_SECONDS
+    except ValueError:
+        log.warning("ignoring %s=%r: not a number of seconds", POLL_SECONDS_ENV, raw)
+        return DEFAULT_POLL_SECONDS

@@ -69,10 +69,10 @@ def _aws_secret(ref: str) -> str:
 
 
 def _gcp_secret(ref: str) -> str:
-    from airflow_spot_training.runtime.interruption import GCE_METADATA_ENDPOINT, GCE_METADATA_ENV
+    from airflow_spot_training.runtime.interruption import GCE_METADATA_ENDPOINT, GCE_METADATA_URL_ENV
 
     version = ref if "/versions/" in ref else f"{ref.rstrip('/')}/versions/latest"
-    metadata = os.environ.get(GCE_METADATA_ENV) or GCE_METADATA_ENDPOINT
+    metadata = os.environ.get(GCE_METADATA_URL_ENV) or GCE_METADATA_ENDPOINT
     base = os.environ.get(GCP_SECRETS_ENV) or GCP_SECRETS_URL
     try:
         token_request = urllib.request.Request(

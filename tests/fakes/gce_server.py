@@ -8,7 +8,14 @@ quota error (``QUOTA_EXCEEDED`` with ``quotaInfo``), or a 403 permission error.
 
 It also answers the GCE metadata paths the startup script reads
 (``/computeMetadata/v1/...``), a minimal GCS media upload and Secret Manager's
-``versions.access``, so the script can run against it too.
+``versions.access``, so the script can run against it too. Many VMs can run their startup scripts against it at once:
+``/vm/<name>/computeMetadata/v1/...`` answers from that instance's own metadata items
+(plus ``instance/name``, ``instance/zone``, ``project/project-id``, a token, and
+``instance/preempted``, ``TRUE`` once the test names it in ``preempted_vms``).
+
+``before_request`` lets a test play the cloud's less common answers: it is called with
+each request before it is handled (outside the lock, so it may block) and may return
+``(status, payload)`` to answer instead (a throttled or failed call).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ class Recorded:
     path: str
     query: dict[str, str]
     body: Any
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -53,6 +61,12 @@ class FakeGCE:
     secrets: dict[str, str] = field(default_factory=dict)  # Secret Manager version name -> value
     #: called in a thread after each successful insert with (zone, instance): plays the VM
     on_insert: Any = None
+    #: called with each Recorded request before it is handled; may return (status, payload)
+    before_request: Any = None
+    #: names of VMs whose metadata says instance/preempted = TRUE
+    preempted_vms: set[str] = field(default_factory=set)
+    #: the access token VMs get from their metadata server (tells their calls from the backend's)
+    vm_token: str = "vm-token"
     lock: threading.Lock = field(default_factory=threading.Lock)
     _request_ids: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -111,9 +125,19 @@ class FakeGCE:
         return op
 
     # -- request handling --------------------------------------------------------------
-    def handle(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+    def handle(self, method: str, path: str, query: dict[str, str], body: Any,
+               headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        recorded = Recorded(method, path, query, body, dict(headers or {}))
+        if self.before_request is not None:
+            answer = self.before_request(recorded)
+            if answer is not None:
+                with self.lock:
+                    self.requests.append(recorded)
+                return answer
         with self.lock:
-            self.requests.append(Recorded(method, path, query, body))
+            self.requests.append(recorded)
+            if path.startswith("/vm/"):
+                return self._vm_metadata(path)
             if path.startswith("/computeMetadata/v1/"):
                 value = self.metadata.get(path[len("/computeMetadata/v1/"):])
                 return (200, value) if value is not None else (404, "not found")
@@ -131,6 +155,32 @@ class FakeGCE:
             if m:
                 return self._operations(m.group(2), m.group(3), query)
             return 404, _error(404, f"The resource '{path}' was not found", "notFound")
+
+    def from_vm(self, request: Recorded) -> bool:
+        """Whether a request came from a VM (its metadata token), not from the backend's client."""
+        return request.headers.get("Authorization") == f"Bearer {self.vm_token}"
+
+    def _vm_metadata(self, path: str) -> tuple[int, Any]:
+        _, _, name, rest = path.split("/", 3)
+        key = rest[len("computeMetadata/v1/"):] if rest.startswith("computeMetadata/v1/") else None
+        found = [(z, i) for (z, n), i in self.instances.items() if n == name]
+        if key is None or not found:
+            return (200, "TRUE") if key == "instance/preempted" and name in self.preempted_vms else (404, "gone")
+        zone, inst = found[0]
+        values = {item["key"]: item["value"] for item in (inst.get("metadata") or {}).get("items", [])}
+        standard = {
+            "instance/name": name,
+            "instance/zone": f"projects/123/zones/{zone}",
+            "project/project-id": self.project,
+            "instance/service-accounts/default/token": json.dumps({"access_token": self.vm_token,
+                                                                   "expires_in": 3600}),
+            "instance/preempted": "TRUE" if name in self.preempted_vms else "FALSE",
+        }
+        if key in standard:
+            return 200, standard[key]
+        if key.startswith("instance/attributes/") and key[len("instance/attributes/"):] in values:
+            return 200, values[key[len("instance/attributes/"):]]
+        return 404, "not found"
 
     def _instances(self, method: str, zone: str, name: str | None, query: dict[str, str],
                    body: Any) -> tuple[int, Any]:
@@ -240,7 +290,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body = json.loads(raw)
             except ValueError:
                 pass
-        status, payload = self.fake.handle(self.command, url.path, query, body)
+        status, payload = self.fake.handle(self.command, url.path, query, body, dict(self.headers.items()))
         data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")

@@ -3,6 +3,9 @@
 Both the sync ``JobServiceClient`` and the async ``JobServiceAsyncClient`` talk to it
 over real gRPC (an insecure channel). It keeps custom jobs in memory, records every
 request, and lets a test move jobs through their states or inject errors.
+``before_call(method, request, context)`` is called before each call is handled
+(outside the lock, so it may block) and may ``context.abort(...)`` it: a throttled or
+failed call.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ class FakeVertex:
     create_error: tuple[grpc.StatusCode, str] | None = None
     #: called in a thread after each create with the job: plays the training
     on_create: Callable[[cj.CustomJob], None] | None = None
+    #: called with (method, request, context) before each call; may block or abort it
+    before_call: Callable[[str, Any, grpc.ServicerContext], None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- what a test reads -------------------------------------------------------------
@@ -81,7 +86,17 @@ class FakeVertex:
                 job.error.message = message
 
     # -- the service -------------------------------------------------------------------
+    def _before(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
+        if self.before_call is not None:
+            try:
+                self.before_call(method, request, context)
+            except Exception:  # context.abort raises; record the call it refused
+                with self.lock:
+                    self.requests.append(Recorded(method, request))
+                raise
+
     def create(self, request: job_service.CreateCustomJobRequest, context: grpc.ServicerContext) -> cj.CustomJob:
+        self._before("CreateCustomJob", request, context)
         with self.lock:
             self.requests.append(Recorded("CreateCustomJob", request))
             if self.create_error:
@@ -97,6 +112,7 @@ class FakeVertex:
         return job
 
     def get(self, request: job_service.GetCustomJobRequest, context: grpc.ServicerContext) -> cj.CustomJob:
+        self._before("GetCustomJob", request, context)
         with self.lock:
             self.requests.append(Recorded("GetCustomJob", request))
             job = self.jobs.get(request.name)
@@ -106,6 +122,7 @@ class FakeVertex:
 
     def list(self, request: job_service.ListCustomJobsRequest,
              context: grpc.ServicerContext) -> job_service.ListCustomJobsResponse:
+        self._before("ListCustomJobs", request, context)
         with self.lock:
             self.requests.append(Recorded("ListCustomJobs", request))
             terms = LABEL_FILTER_RE.findall(request.filter)
@@ -114,6 +131,7 @@ class FakeVertex:
             return job_service.ListCustomJobsResponse(custom_jobs=jobs)
 
     def cancel(self, request: job_service.CancelCustomJobRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
+        self._before("CancelCustomJob", request, context)
         with self.lock:
             self.requests.append(Recorded("CancelCustomJob", request))
             job = self.jobs.get(request.name)

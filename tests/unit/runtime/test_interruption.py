@@ -110,3 +110,23 @@ class TestInterruptionWatcher:
         for _ in range(calls):
             w.notify("test")
         assert seen == ["test"]
+
+    def test_environment_overrides_the_endpoints_and_the_poll_period(self, monkeypatch):
+        with FakeMetadata() as fake:
+            monkeypatch.setenv("SPOT_TRAINING_IMDS_URL", fake.url)
+            monkeypatch.setenv("SPOT_TRAINING_METADATA_URL", fake.url)
+            monkeypatch.setenv("SPOT_TRAINING_NOTICE_POLL_SECONDS", "0.05")
+            fake.interrupt = True
+            with InterruptionWatcher(handle_sigterm=False, aws_imds=True) as w:
+                assert w.poll_seconds == 0.05
+                assert w.wait(5)
+            assert w.source == "aws-instance-action"
+            with InterruptionWatcher(handle_sigterm=False, gce_metadata=True) as w:
+                assert w.wait(5)
+            assert w.source == "gce-preempted"
+
+    def test_without_overrides_the_real_endpoints_and_five_seconds(self, monkeypatch):
+        for name in ("SPOT_TRAINING_IMDS_URL", "SPOT_TRAINING_METADATA_URL", "SPOT_TRAINING_NOTICE_POLL_SECONDS"):
+            monkeypatch.delenv(name, raising=False)
+        w = InterruptionWatcher(handle_sigterm=False, aws_imds=True, gce_metadata=True)
+        assert (w._aws, w._gce, w.poll_seconds) == ("http://169.254.169.254", "http://metadata.google.internal", 5.0)
