@@ -65,6 +65,8 @@ NAME_PREFIX = "spot-training"
 CHECKPOINT_DIR = "checkpoints"
 #: google.rpc.Code values a failed SPOT job reports when its capacity was reclaimed or never found
 SPOT_RECLAIM_CODES = {8: "RESOURCE_EXHAUSTED", 10: "ABORTED", 14: "UNAVAILABLE"}
+#: google.rpc.Code of a stockout: a job of either kind that failed with it before any worker ran found no capacity
+STOCKOUT_CODE = 8
 FIELD_TO_ARGUMENT = {
     "machine_type": "machine_type",
     "machine type": "machine_type",
@@ -455,5 +457,9 @@ def job_status(job: Any, handle: VertexAIHandle, max_pending_seconds: float | No
         if started is not None:
             return AttemptStatus(state=AttemptState.PREEMPTED, reason=f"preempted ({what})", preemptions=1, **common)
         return AttemptStatus(state=AttemptState.CAPACITY_UNAVAILABLE, reason=f"no spot capacity ({what})", **common)
+    if state == states.JOB_STATE_FAILED and code == STOCKOUT_CODE and started is None:
+        return AttemptStatus(state=AttemptState.CAPACITY_UNAVAILABLE, **common,
+                             reason=f"no standard capacity for {handle.pool} (RESOURCE_EXHAUSTED before any worker "
+                                    f"ran: {message})")
     reason = f"{states(state).name}: error code {code}: {message}" if code else states(state).name
     return AttemptStatus(state=AttemptState.FAILED, reason=reason, **common)

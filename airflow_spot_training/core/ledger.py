@@ -52,6 +52,9 @@ class AttemptRecord:
     progress_step: int | None = None
     #: console and log pages of this attempt: ``[{"name": ..., "url": ...}]``
     links: list[dict[str, str]] = field(default_factory=list)
+    #: in-place interruptions (SageMaker) after the training's final checkpoint: they cost
+    #: nothing and are not preemptions, but the backend keeps counting them
+    ignored_interruptions: int = 0
 
     def __post_init__(self) -> None:
         self.outcome = AttemptState(self.outcome)
@@ -183,8 +186,9 @@ class RunLedger:
         furthest: int | None = None
         for a in self.attempts:
             reached = a.reached_step
-            if furthest is not None and a.start_step is not None and reached is not None:
-                total += max(0, min(reached, furthest) - a.start_step)
+            if furthest is not None and reached is not None:
+                start = a.start_step or 0  # no checkpoint at launch: it started from the beginning
+                total += max(0, min(reached, furthest) - start)
             if reached is not None:
                 furthest = max(furthest or 0, reached)
         return total

@@ -762,7 +762,7 @@ class SpotTrainingOperator(BaseOperator):
                     checkpoint_prefix=ledger.checkpoint_prefix,
                     poll_interval=self._poll_interval(),
                     progress_log_interval=self.progress_log_interval or settings.progress_log_interval(),
-                    known_preemptions=record.preemptions,
+                    known_preemptions=record.preemptions + record.ignored_interruptions,
                     version=2,
                     **self._tick_kwargs(ledger, record),
                 ),
@@ -778,7 +778,7 @@ class SpotTrainingOperator(BaseOperator):
         try:
             while True:
                 status = self.backend.describe(handle)
-                if status.is_final or status.preemptions > record.preemptions:
+                if status.is_final or status.preemptions > record.preemptions + record.ignored_interruptions:
                     break
                 time.sleep(self._poll_interval())
         finally:
@@ -819,8 +819,14 @@ class SpotTrainingOperator(BaseOperator):
     def _attempt_interrupted(self, context: Context, ledger: RunLedger, record: AttemptRecord,
                              event: AttemptEvent) -> Any:
         """The backend restarts the attempt itself (SageMaker): count, then keep it or escalate."""
+        checkpoint = self._note_evidence(ledger, record)
+        if _finished_by(checkpoint, record):  # the work was done: an interruption now costs nothing
+            self.log.info("attempt %s was interrupted after it committed its final checkpoint (step %s); not "
+                          "counted as a preemption", record.number, checkpoint.step)  # type: ignore[union-attr]
+            record.ignored_interruptions = event.preemptions - record.preemptions
+            self._save(context, ledger)
+            return self._wait_for_attempt(context, ledger, record)
         record.preemptions = max(record.preemptions, event.preemptions)
-        self._note_evidence(ledger, record)
         decision = self._decide(ledger, Event.PREEMPTED, spot_unavailable=False)
         if decision.action is Action.ON_DEMAND and record.capacity == Capacity.SPOT.value:
             ledger.record_decision(decision, Event.PREEMPTED.value, time.time())
@@ -905,7 +911,8 @@ class SpotTrainingOperator(BaseOperator):
         record.reason = event.reason
         record.started_at = event.started_at or record.started_at or record.launched_at
         record.ended_at = event.ended_at or time.time()
-        record.preemptions = max(event.preemptions, 1) if state is AttemptState.PREEMPTED else event.preemptions
+        counted = max(0, event.preemptions - record.ignored_interruptions)
+        record.preemptions = max(counted, 1) if state is AttemptState.PREEMPTED else counted
         self._record_billing(record, event.details)
         checkpoint = self._note_evidence(ledger, record)
         if state is not AttemptState.SUCCEEDED and _finished_by(checkpoint, record):
@@ -946,7 +953,8 @@ class SpotTrainingOperator(BaseOperator):
         if outcome is AttemptState.PREEMPTED:
             return self._next_attempt(context, ledger, Event.PREEMPTED)
         if outcome is AttemptState.CAPACITY_UNAVAILABLE:
-            error = CapacityUnavailable(record.reason, [record.reason], capacity=Capacity(record.capacity))
+            error = CapacityUnavailable(record.reason, [f"{record.pool or record.capacity}: {record.reason}"],
+                                        capacity=Capacity(record.capacity))
             return self._after_no_capacity(context, ledger, error)
         if outcome is AttemptState.STOPPED and in_new_try:
             # stopped while the task was killed; this new try carries on from the checkpoint

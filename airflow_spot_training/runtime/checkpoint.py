@@ -129,10 +129,15 @@ class CheckpointManager:
         return f"{protocol}://{path}"
 
     # -- reading ---------------------------------------------------------------------
+    def _entries(self) -> list[str]:
+        """The prefix's entries as they are now (object-store listings are cached by fsspec)."""
+        self.fs.invalidate_cache(self.root)
+        return self.fs.ls(self.root, detail=False)
+
     def committed(self) -> list[Checkpoint]:
         """All committed checkpoints, oldest first."""
         try:
-            entries = self.fs.ls(self.root, detail=False)
+            entries = self._entries()
         except FileNotFoundError:
             return []
         out = []
@@ -168,7 +173,7 @@ class CheckpointManager:
     def latest(self) -> Checkpoint | None:
         """The newest committed checkpoint, never a partial one; ``None`` if there is none."""
         try:
-            entries = self.fs.ls(self.root, detail=False)
+            entries = self._entries()
         except FileNotFoundError:
             return None
         steps = sorted((s for s in map(parse_step_dir, entries) if s is not None), reverse=True)

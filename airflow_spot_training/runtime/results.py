@@ -45,7 +45,7 @@ def json_safe_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     clean = {}
     for name, value in metrics.items():
         if isinstance(value, float) and not math.isfinite(value):
-            log.warning("metric %r is %r, which JSON cannot carry; it is reported as null", name, value)
+            log.warning("the training's metric %r is %r, which JSON cannot carry: it is reported as null", name, value)
             value = None
         clean[str(name)] = value
     return clean
@@ -54,8 +54,8 @@ def json_safe_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 def write_metrics(metrics: dict[str, Any], contract: Contract | None = None, **storage_options: Any) -> str:
     """Record this attempt's final metrics (JSON-able values) for the operator's ledger.
 
-    NaN and infinite values are written as ``null`` (with a warning): a diverged metric
-    never makes the run fail.
+    A NaN or infinite value is written as it is; the operator reports it as ``null``
+    with a warning in the task log (a diverged metric never makes the run fail).
     """
     if contract is None:
         from airflow_spot_training.runtime.secrets import read_contract
@@ -64,20 +64,25 @@ def write_metrics(metrics: dict[str, Any], contract: Contract | None = None, **s
     uri = metrics_uri(contract.checkpoint_uri, contract.attempt)
     fs, path = fsspec.core.url_to_fs(uri, **storage_options)
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    fs.pipe_file(path, json.dumps(json_safe_metrics(metrics), sort_keys=True, allow_nan=False).encode())
+    fs.pipe_file(path, json.dumps(metrics, sort_keys=isinstance(metrics, dict)).encode())
     return uri
 
 
 def read_metrics(checkpoint_uri: str, attempt: int, **storage_options: Any) -> dict[str, Any] | None:
-    record = read_json_record(metrics_uri(checkpoint_uri, attempt), **storage_options)
+    """The attempt's final metrics; ``None`` (with a warning naming the file) when they are not an object."""
+    try:
+        record = read_json_record(metrics_uri(checkpoint_uri, attempt), **storage_options)
+    except MalformedRecord as e:  # metrics are informative: the run still succeeds
+        log.warning("ignoring the training's metrics: %s", e)
+        return None
     return json_safe_metrics(record) if record is not None else None
 
 
-def read_progress(checkpoint_uri: str, attempt: int, token: str, **storage_options: Any) -> int | None:
-    """The last step attempt ``attempt`` reported, if it reported one under this ``token``."""
+def read_progress(checkpoint_uri: str, attempt: int, attempt_token: str, **storage_options: Any) -> int | None:
+    """The last step attempt ``attempt`` reported, if it reported one under its ``attempt_token``."""
     uri = posixpath.join(checkpoint_uri.rstrip("/"), progress_record_name(attempt))
     record = read_json_record(uri, **storage_options)
-    if record is None or record.get("token") != token or not isinstance(record.get("step"), int):
+    if record is None or record.get("token") != attempt_token or not isinstance(record.get("step"), int):
         return None
     return int(record["step"])
 

@@ -36,6 +36,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -48,7 +49,15 @@ from typing import Any, Iterator
 from airflow_spot_training.core.contract import run_key
 from airflow_spot_training.core.policy import ThresholdPolicy
 from airflow_spot_training.operators.spot_training import SpotTrainingOperator
-from tests.conformance.fleet import NOTICE_WINDOW, TICK, Fleet, MachineProcess, wait_until
+from tests.conformance.fleet import (
+    NOTICE_WINDOW,
+    TICK,
+    Fleet,
+    MachineProcess,
+    freeze_consistently,
+    read_reported_step,
+    wait_until,
+)
 from tests.conformance.harness import TaskRun
 from tests.conformance.imds import FakeIMDS
 
@@ -98,8 +107,16 @@ def machine_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTEST", "SPOT_TRAINING_"))}
     env["PATH"] = f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin"
     env["SPOT_TRAINING_NOTICE_POLL_SECONDS"] = str(NOTICE_POLL)
+    # a progress record per step on object stores too, so recomputed_steps is exact (the default, 5 s,
+    # bounds what it may miss on a real bucket)
+    env["SPOT_TRAINING_PROGRESS_SECONDS"] = "0"
     env.update(extra)
     return env
+
+
+def progress_uri(prefix: str, attempt: int) -> str:
+    """Where attempt ``attempt``'s training reports its progress (the operator reads it there)."""
+    return f"{prefix.rstrip('/')}/_progress/attempt-{attempt}.json"
 
 
 class Cloud(ABC):
@@ -300,7 +317,10 @@ class LocalCloud(Cloud):
             request_preemption(attempt.path)
             return
         pid = attempt.status().get("pid")
-        _signal(pid, signal.SIGSTOP)  # freeze it where its log says it is
+        spec = json.loads((attempt.path / "spec.json").read_text())
+        progress = progress_uri(spec["env"]["SPOT_TRAINING_CHECKPOINT_URI"], int(spec["env"]["SPOT_TRAINING_ATTEMPT"]))
+        freeze_consistently(lambda: _signal(pid, signal.SIGSTOP), lambda: _signal(pid, signal.SIGCONT),
+                            attempt.log, lambda: read_reported_step(progress, {}))
         request_preemption(attempt.path)
         wait_until(lambda: "notice_at" in (attempt.status().get("details") or {}), 30, "the supervisor's notice")
         _signal(pid, signal.SIGKILL)
@@ -494,8 +514,10 @@ class EC2Cloud(Cloud):
             "SPOT_TRAINING_SHUTDOWN_COMMAND": f"touch {shutdown}",
             "SPOT_TRAINING_LOG_FILE": str(home / "training.log"),
         })
+        prefix = shlex.split(re.search(r"^export SPOT_TRAINING_CHECKPOINT_URI=(.*)$", script, re.M).group(1))[0]  # type: ignore[union-attr]
         process = self.fleet.start(instance_id, attempt, capacity, ["bash", str(home / "user-data.sh")], env,
-                                   log_path=home / "training.log", cwd=home)
+                                   log_path=home / "training.log", cwd=home,
+                                   progress_uri=progress_uri(prefix, attempt), storage_options=self.storage_options())
         try:
             self._watch_instance(instance_id, process, shutdown)
         finally:
@@ -682,7 +704,7 @@ class SageMakerCloud(Cloud):
             sync.restore()
             process = self.fleet.start(f"{name}-run{run}", attempt, capacity, argv,
                                        machine_env({**env, "SPOT_TRAINING_CHECKPOINT_URI": str(local)}),
-                                       cwd=local.parent)
+                                       cwd=local.parent, progress_uri=progress_uri(str(local), attempt))
             ending = self._watch_job(name, process, sync)
             if ending != "interrupted" or not self._restart_in_place(name):
                 return
@@ -829,6 +851,9 @@ class ComputeEngineCloud(Cloud):
         self.fake.before_request = self._before_request
         self.deleted_by_api: set[str] = set()
 
+    def prefix(self, tag: str = "run") -> str:  # a file system every VM mounts (file://)
+        return f"file://{self.root / 'checkpoints' / tag}"
+
     def backend(self, training: Training, **options: Any) -> Any:
         import shlex
 
@@ -836,6 +861,7 @@ class ComputeEngineCloud(Cloud):
 
         args: dict[str, Any] = dict(zones=self.ZONES, machine_type="n1-standard-4", command=shlex.join(training.argv()),
                                     project_id="test-project", emulator_host=self.server.endpoint,
+                                    service_account="trainer@test-project.iam.gserviceaccount.com",
                                     env={"SPOT_TRAINING_IMDS_URL": self.imds.base_url(None)},
                                     spot_price_per_hour=0.05, on_demand_price_per_hour=0.19)
         args.update(options)
@@ -926,7 +952,7 @@ class ComputeEngineCloud(Cloud):
             "SPOT_TRAINING_METADATA_URL": f"{self.server.endpoint}/vm/{name}",
             "SPOT_TRAINING_STORAGE_URL": self.server.endpoint,
             "SPOT_TRAINING_COMPUTE_URL": self.server.endpoint,
-        }), cwd=home)
+        }), cwd=home, progress_uri=progress_uri(env["SPOT_TRAINING_CHECKPOINT_URI"], attempt))
         try:
             self._watch_vm(zone, name, process)
         finally:
@@ -994,8 +1020,8 @@ class VertexAICloud(Cloud):
         self.fake.on_create = self._machine
         self.fake.before_call = self._before_call
 
-    def prefix(self, tag: str = "run") -> str:
-        return str(self.root / "vertex" / tag / "checkpoints")
+    def prefix(self, tag: str = "run") -> str:  # a file system the jobs mount (file://), as /gcs/ is
+        return f"file://{self.root / 'vertex' / tag / 'checkpoints'}"
 
     def backend(self, training: Training, **options: Any) -> Any:
         from airflow_spot_training.backends.vertex_ai import VertexAISpotBackend
@@ -1052,7 +1078,7 @@ class VertexAICloud(Cloud):
             return  # cancelled while it waited for its machine
         self.fake.start(job.name)
         process = self.fleet.start(job.name.rsplit("/", 1)[1], attempt, capacity, [*spec.command, *spec.args],
-                                   machine_env(env))
+                                   machine_env(env), progress_uri=progress_uri(env["SPOT_TRAINING_CHECKPOINT_URI"], attempt))
         try:
             self._watch_job(job.name, process)
         finally:

@@ -49,9 +49,50 @@ class ReclaimPlan:
     done: bool = False
 
 
+def last_logged_step(log: str) -> int | None:
+    steps = STEP_LINE.findall(log)
+    return int(steps[-1]) if steps else None
+
+
+def read_reported_step(progress_uri: str | None, storage_options: dict[str, Any]) -> int | None:
+    """The step in a training's progress record (what the operator reads), if there is one."""
+    if not progress_uri:
+        return None
+    import json
+
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(progress_uri, **storage_options)
+    try:
+        return int(json.loads(fs.cat_file(path))["step"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
+def freeze_consistently(pause: Any, resume: Any, log: Any, reported: Any, tries: int = 1000) -> None:
+    """Freeze a training where the last step it logged is also the last it reported.
+
+    A hard kill can land between a training printing ``step N`` and writing its progress
+    record; the ground truth (its log) and the ledger (its progress record) would then
+    disagree by one step for a reason that is no one's defect. So: freeze, compare, and if
+    they differ let it run a moment and freeze again (a matter of microseconds).
+    """
+    for _ in range(tries):
+        pause()
+        if last_logged_step(log()) == reported():
+            return
+        resume()
+        time.sleep(0.002)
+    raise AssertionError("the training's log and its progress record never agreed while frozen")
+
+
 @dataclass
 class MachineProcess:
-    """One process group that runs a training on one machine."""
+    """One process group that runs a training on one machine.
+
+    :param progress_uri: where the training writes its progress record (compared with its
+        log when a hard kill freezes it).
+    """
 
     label: str
     attempt: int
@@ -60,6 +101,8 @@ class MachineProcess:
     popen: subprocess.Popen[bytes]
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
+    progress_uri: str | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -85,8 +128,10 @@ class MachineProcess:
             pass
 
     def freeze_and_kill(self) -> None:
-        """A hard kill that lands at a known state: freeze the group, then kill it."""
-        self.signal_group(signal.SIGSTOP)
+        """A hard kill that lands at a known state: freeze the group where its log and its
+        progress record agree (:func:`freeze_consistently`), then kill it."""
+        freeze_consistently(lambda: self.signal_group(signal.SIGSTOP), lambda: self.signal_group(signal.SIGCONT),
+                            self.log, lambda: read_reported_step(self.progress_uri, self.storage_options))
         self.signal_group(signal.SIGKILL)
         self.wait()
 
@@ -126,7 +171,8 @@ class Fleet:
 
     # -- processes ---------------------------------------------------------------------
     def start(self, label: str, attempt: int, capacity: str, argv: list[str], env: dict[str, str],
-              log_path: Path | None = None, cwd: Path | None = None) -> MachineProcess:
+              log_path: Path | None = None, cwd: Path | None = None, progress_uri: str | None = None,
+              storage_options: dict[str, Any] | None = None) -> MachineProcess:
         """Start one machine process in its own group; stdout and stderr go to ``<label>.console``."""
         with self.lock:
             index = len(self.processes)
@@ -136,7 +182,8 @@ class Fleet:
         with open(console, "ab") as out:
             popen = subprocess.Popen(argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        process = MachineProcess(label, attempt, capacity, log_path or console, popen)
+        process = MachineProcess(label, attempt, capacity, log_path or console, popen, progress_uri=progress_uri,
+                                 storage_options=dict(storage_options or {}))
         with self.lock:
             self.processes.append(process)
         return process

@@ -28,69 +28,7 @@ from tests.conformance.fleet import executed_steps, recomputed, wait_until
 from tests.conformance.harness import TaskRun
 
 #: scenario -> backend -> the defect that makes it fail today
-KNOWN: dict[str, dict[str, str]] = {
-    "reclaim_after_notice": {
-        "ec2": "the bootstrap writes exit 143 without asking IMDS and shuts down: EC2SpotBackend._completed says failed",
-    },
-    "hard_kill": dict.fromkeys(BACKENDS, (
-        "RunLedger.recomputed_steps compares committed steps only: steps done after the last checkpoint are never "
-        "reported, so it says 0")),
-    "notice_after_final_commit": {
-        "local": "local_supervisor: a reclaim notice with a non-zero exit is a preemption, the committed final step "
-                 "is not consulted",
-        "ec2": "the bootstrap records exit 143 and EC2SpotBackend._completed says failed (no IMDS check, no final-step rule)",
-        "sagemaker": "the Interrupted transition is counted as a preemption although the final step was committed",
-        "compute_engine": "instance/preempted TRUE: no result record, a preempted operation; a needless second attempt runs",
-        "vertex_ai": "job_status: a FAILED SPOT job with UNAVAILABLE is a preemption; a needless second attempt runs",
-    },
-    "reclaim_after_result_record": {
-        "ec2": "classify_instance checks Server.SpotInstanceTermination before reading the success record",
-    },
-    "stale_result_record": {
-        "compute_engine": "describe() trusts any exit-0 result record at the prefix (no token): succeeds at the first "
-                          "poll and deletes the VM mid-training",
-    },
-    "stale_result_record_no_training": {
-        "ec2": "EC2SpotBackend._completed trusts the stale exit-0 result record (no attempt token in it)",
-        "compute_engine": "describe() trusts the stale exit-0 result record (no attempt token in it)",
-    },
-    "short_spot_outage": dict.fromkeys(BACKENDS, (
-        "execute_launch passes spot_unavailable=True on every retry: ThresholdPolicy waits again until "
-        "max_spot_wait, then on-demand")),
-    "no_capacity_anywhere": {
-        "sagemaker": "an on-demand job that fails with CapacityError is a plain retryable failure, naming no pool",
-        "compute_engine": "on-demand SpotCapacityUnavailable relaunches at once, uncounted by max_attempts: an "
-                          "unbounded recursive loop (stopped by the fake after 24 inserts)",
-        "vertex_ai": "an on-demand job failed by a stockout (RESOURCE_EXHAUSTED) is a plain retryable failure",
-    },
-    "poll_failures": dict.fromkeys(["ec2", "sagemaker", "compute_engine", "vertex_ai"], (
-        "after MAX_POLL_ERRORS the trigger reports failed without stopping the attempt; the retry launches a "
-        "second one beside it")),
-    "throttling": {
-        "compute_engine": "HTTP 429 at insert is taken for a quota error (translate_http_error): AirflowFailException",
-        "vertex_ai": "RESOURCE_EXHAUSTED (rate exceeded) at CreateCustomJob is taken for a quota error: "
-                     "AirflowFailException",
-    },
-    "killed_during_launch": dict.fromkeys(BACKENDS, (
-        "on_kill() stops only _live_handle, which is set in blocking mode only: the launched attempt keeps running")),
-    "nan_metric": dict.fromkeys(BACKENDS, "_finish copies the metrics as they are: NaN and infinity reach the summary"),
-    "malformed_commit": dict.fromkeys(BACKENDS, (
-        "CommitRecord.from_json calls .items() on a list; _read_commit does not catch AttributeError: the training "
-        "crashes")),
-    "malformed_metrics": dict.fromkeys(BACKENDS, (
-        "_finish keeps a list as the metrics; format_summary calls .items() on it: the successful try fails")),
-    "malformed_result": {
-        "compute_engine": "find()/describe() call .get() on the record: AttributeError naming no file",
-    },
-    "malformed_ledger": dict.fromkeys(BACKENDS, (
-        "RunLedger.from_dict(list) raises ValueError naming neither the ledger nor the task state store key")),
-    "retry_after_deadline": dict.fromkeys(BACKENDS, (
-        "a later try never checks the resolved deadline: the policy escalates and launches on-demand past it")),
-    "describe_side_effects": {
-        "compute_engine": "describe() deletes the VM (_delete_if_present) when it reads an ended attempt",
-        "vertex_ai": "describe() cancels a spot job pending past max_pending_seconds",
-    },
-}
+KNOWN: dict[str, dict[str, str]] = {}
 
 
 def backends(scenario: str, only: list[str] | None = None, skip: dict[str, Any] | None = None) -> list[Any]:
@@ -252,15 +190,39 @@ def test_no_capacity_anywhere_fails_clearly_naming_the_pools(cloud: Cloud) -> No
     from airflow.sdk.exceptions import AirflowFailException
 
     cloud.no_capacity_at_all = True
-    operator = cloud.operator(Training(steps=8, every=4), cloud.prefix(),
-                              escalation_policy=cloud.outage_policy(), max_spot_wait=2, max_attempts=4)
+    operator = cloud.operator(Training(steps=8, every=4), cloud.prefix(), escalation_policy=cloud.outage_policy(),
+                              max_spot_wait=2, max_on_demand_wait=2, capacity_retry_interval=0.5,
+                              max_capacity_attempts=12)
     run = TaskRun()
-    outcome = run.run_try(operator, max_deferrals=12)
+    outcome = run.run_try(operator, max_deferrals=30)
 
     assert isinstance(outcome.error, AirflowFailException), repr(outcome.error)
+    assert "no on-demand capacity" in str(outcome.error) and "max_on_demand_wait" in str(outcome.error)
     for pool in cloud.pools():
         assert pool in str(outcome.error)
-    assert len(run.ledger()["attempts"]) <= 4  # capacity-unavailable launches count toward the cap
+    recorded = run.ledger()["attempts"]
+    assert {a["outcome"] for a in recorded} == {"capacity_unavailable"}
+    assert {a["capacity"] for a in recorded} == {"spot", "on_demand"}  # waited for spot, then on-demand
+    assert len(recorded) <= 12  # every capacity-unavailable launch counts toward max_capacity_attempts
+    assert_nothing_left(cloud)
+
+
+@pytest.mark.parametrize("cloud", backends("no_capacity_anywhere", skip={"local": NO_LOCAL_CAPACITY}),
+                         indirect=True)
+def test_launches_that_find_no_capacity_are_capped(cloud: Cloud) -> None:
+    """The same outage with waits of almost nothing: the count cap, not the clock, ends it."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    cloud.no_capacity_at_all = True
+    operator = cloud.operator(Training(steps=8, every=4), cloud.prefix(), escalation_policy=cloud.outage_policy(),
+                              max_spot_wait=0, max_on_demand_wait=3600, capacity_retry_interval=0.01,
+                              max_capacity_attempts=3)
+    run = TaskRun()
+    outcome = run.run_try(operator, max_deferrals=30)
+
+    assert isinstance(outcome.error, AirflowFailException), repr(outcome.error)
+    assert "max_capacity_attempts=3" in str(outcome.error)
+    assert len(run.ledger()["attempts"]) == 3
     assert_nothing_left(cloud)
 
 
