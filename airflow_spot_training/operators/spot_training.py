@@ -30,7 +30,14 @@ from airflow_spot_training.backends.base import (
 from airflow_spot_training.core import ledger as L
 from airflow_spot_training.core.contract import Contract, attempt_token, run_key
 from airflow_spot_training.core.deadline import DeadlineError, parse_deadline
-from airflow_spot_training.core.policies import POLICIES, make_policy
+from airflow_spot_training.core.policies import (
+    NOT_GIVEN,
+    POLICIES,
+    NotGiven,
+    default_max_spot_wait,
+    default_policy,
+    named_policy,
+)
 from airflow_spot_training.core.policy import (
     Action,
     Capacity,
@@ -38,7 +45,6 @@ from airflow_spot_training.core.policy import (
     EscalationPolicy,
     Event,
     JobState,
-    ThresholdPolicy,
     check_feasible,
     estimate_remaining_work,
     serialize_policy,
@@ -99,17 +105,21 @@ class SpotTrainingOperator(BaseOperator):
         ``[spot_training] checkpoint_base_uri``/dag_id/run_id/task_id[/map_index].
     :param max_preemptions: after this many preemptions the next attempt runs on
         on-demand capacity. ``0`` runs on on-demand from the start; ``None``: no threshold.
-        Ignored when ``escalation_policy`` is given.
+        Left out: 3 under the threshold rule, no cap under the deadline-aware default.
+        Ignored when ``escalation_policy`` is an object.
     :param deadline: when the training must be done: an aware datetime, or a duration
         counted from the first launch (``timedelta``, ``"6h"``, ``"PT6H"``). Spot is used
         only while the time left can absorb one more preemption plus restart. (templated)
-    :param escalation_policy: replaces the default rule (``ThresholdPolicy(max_preemptions)``):
-        an object with ``decide(JobState) -> Decision``, or the name of a shipped policy
-        (``"threshold"``, ``"greedy"``, ``"uniform_progress"``, ``"deadline_aware"``).
+    :param escalation_policy: replaces the default rule: an object with
+        ``decide(JobState) -> Decision``, or the name of a shipped policy (``"threshold"``,
+        ``"greedy"``, ``"uniform_progress"``, ``"deadline_aware"``). Default: with both
+        ``deadline`` and ``expected_runtime``, ``DeadlineAwarePolicy``; otherwise
+        ``ThresholdPolicy(max_preemptions)``.
     :param poll_interval: seconds between two status polls (default ``[spot_training] poll_interval``).
     :param max_attempts: cap on launched attempts across all tries; the task fails beyond it.
     :param max_spot_wait: cap on total time spent waiting for spot capacity; after it the
-        next attempt runs on on-demand.
+        next attempt runs on on-demand. Left out: one hour, or no cap under the
+        deadline-aware policy with a deadline and an expected runtime (the deadline bounds it).
     :param restart_overhead: seconds a launch costs before training progresses (boot plus
         checkpoint restore); the deadline rule budgets it. Default: the backend's estimate.
     :param checkpoint_interval: seconds of work between two checkpoints (work lost at a
@@ -133,12 +143,12 @@ class SpotTrainingOperator(BaseOperator):
         *,
         backend: SpotBackend | str,
         checkpoint_prefix: str | None = None,
-        max_preemptions: int | None = 3,
+        max_preemptions: int | None | NotGiven = NOT_GIVEN,
         deadline: Any = None,
         escalation_policy: EscalationPolicy | str | None = None,
         poll_interval: float | timedelta | None = None,
         max_attempts: int = 20,
-        max_spot_wait: float | timedelta | None = timedelta(hours=1),
+        max_spot_wait: float | timedelta | None | NotGiven = NOT_GIVEN,
         restart_overhead: float | timedelta | None = None,
         checkpoint_interval: float | timedelta | None = None,
         expected_runtime: float | timedelta | None = None,
@@ -153,7 +163,7 @@ class SpotTrainingOperator(BaseOperator):
             self.backend.validate()
         except BackendConfigError as e:
             raise SpotTrainingConfigError(f"{self.task_id}: {e}") from e
-        if max_preemptions is not None and (
+        if max_preemptions is not None and max_preemptions is not NOT_GIVEN and (
             not isinstance(max_preemptions, int) or isinstance(max_preemptions, bool) or max_preemptions < 0
         ):
             raise SpotTrainingConfigError(
@@ -166,8 +176,7 @@ class SpotTrainingOperator(BaseOperator):
                     f"{self.task_id}: escalation_policy={escalation_policy!r} is not a known policy; "
                     f"choose one of {', '.join(POLICIES)} or pass a policy object."
                 )
-            extra = {"max_preemptions": max_preemptions} if escalation_policy == "threshold" else {}
-            escalation_policy = make_policy(escalation_policy, **extra)
+            escalation_policy = named_policy(escalation_policy, max_preemptions)
         if escalation_policy is not None and not callable(getattr(escalation_policy, "decide", None)):
             raise SpotTrainingConfigError(
                 f"{self.task_id}: escalation_policy={escalation_policy!r} has no decide(state) method; "
@@ -190,14 +199,17 @@ class SpotTrainingOperator(BaseOperator):
         self.checkpoint_prefix = checkpoint_prefix
         self.max_preemptions = max_preemptions
         self.deadline = deadline
-        self.escalation_policy = escalation_policy or ThresholdPolicy(max_preemptions=max_preemptions)
         self.poll_interval = _seconds(poll_interval, "poll_interval", minimum=0.01)
         self.max_attempts = max_attempts
-        self.max_spot_wait = _seconds(max_spot_wait, "max_spot_wait")
         overhead = _seconds(restart_overhead, "restart_overhead")
         self.restart_overhead = overhead if overhead is not None else self.backend.default_restart_overhead
         self.checkpoint_interval = _seconds(checkpoint_interval, "checkpoint_interval") or 0.0
         self.expected_runtime = _seconds(expected_runtime, "expected_runtime")
+        self.escalation_policy = escalation_policy or default_policy(
+            deadline=deadline, expected_runtime=self.expected_runtime, max_preemptions=max_preemptions)
+        self.max_spot_wait = _seconds(default_max_spot_wait(
+            max_spot_wait, self.escalation_policy, deadline=deadline, expected_runtime=self.expected_runtime),
+            "max_spot_wait")
         self.return_to_spot = return_to_spot
         self.deferrable = deferrable
         self.progress_log_interval = _seconds(progress_log_interval, "progress_log_interval", minimum=0.01)

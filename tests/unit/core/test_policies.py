@@ -1,16 +1,24 @@
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 
 import pytest
 
 from airflow_spot_training.core.policies import (
+    DEFAULT_MAX_PREEMPTIONS,
+    DEFAULT_MAX_SPOT_WAIT,
+    NOT_GIVEN,
     POLICIES,
     DeadlineAwarePolicy,
     GreedyPolicy,
     ThresholdPolicy,
     UniformProgressPolicy,
+    default_max_spot_wait,
+    default_policy,
     make_policy,
+    named_policy,
 )
 from airflow_spot_training.core.policy import (
     Action,
@@ -253,3 +261,47 @@ class TestThresholdPolicyUnchanged:
             JobState(now=0, started_at=0, deadline=10 * H, remaining_work=9.7 * H, restart_overhead=360,
                      poll_interval=1200)
         ).action is Action.ON_DEMAND
+
+
+class TestDefaultPolicy:
+    """Which policy the operator uses when the DAG author chose none."""
+
+    def test_deadline_and_runtime_make_it_deadline_aware_without_a_cap(self):
+        policy = default_policy(deadline="8h", expected_runtime=6 * H)
+        assert isinstance(policy, DeadlineAwarePolicy) and policy.max_preemptions is None
+
+    def test_an_explicit_max_preemptions_still_caps_it(self):
+        policy = default_policy(deadline="8h", expected_runtime=6 * H, max_preemptions=2)
+        assert isinstance(policy, DeadlineAwarePolicy) and policy.max_preemptions == 2
+        assert default_policy(deadline="8h", expected_runtime=6 * H, max_preemptions=None).max_preemptions is None
+
+    def test_a_templated_deadline_counts_as_given(self):
+        assert isinstance(default_policy(deadline="{{ params.due }}", expected_runtime=H), DeadlineAwarePolicy)
+
+    @pytest.mark.parametrize(("deadline", "runtime"), [(None, None), ("8h", None), (None, 6 * H)])
+    def test_otherwise_the_threshold_rule_stays(self, deadline, runtime):
+        policy = default_policy(deadline=deadline, expected_runtime=runtime)
+        assert isinstance(policy, ThresholdPolicy) and policy.max_preemptions == DEFAULT_MAX_PREEMPTIONS == 3
+        assert default_policy(deadline=deadline, expected_runtime=runtime, max_preemptions=None).max_preemptions is None
+        assert default_policy(deadline=deadline, expected_runtime=runtime, max_preemptions=0).max_preemptions == 0
+
+    def test_named_policies_take_max_preemptions_where_it_applies(self):
+        assert named_policy("threshold").max_preemptions == 3
+        assert named_policy("threshold", 1).max_preemptions == 1
+        assert named_policy("deadline_aware").max_preemptions is None
+        assert named_policy("deadline_aware", 4).max_preemptions == 4
+        assert isinstance(named_policy("greedy", 4), GreedyPolicy)
+
+    def test_max_spot_wait_yields_to_the_deadline_only_under_the_deadline_aware_policy(self):
+        aware, threshold = DeadlineAwarePolicy(), ThresholdPolicy()
+        known = dict(deadline="8h", expected_runtime=6 * H)
+        assert default_max_spot_wait(NOT_GIVEN, aware, **known) is None
+        assert default_max_spot_wait(NOT_GIVEN, threshold, **known) == DEFAULT_MAX_SPOT_WAIT == 3600
+        assert default_max_spot_wait(NOT_GIVEN, aware, deadline="8h", expected_runtime=None) == 3600
+        assert default_max_spot_wait(600, aware, **known) == 600
+        assert default_max_spot_wait(None, threshold, **known) is None
+
+    def test_not_given_survives_copies(self):
+        assert copy.deepcopy(NOT_GIVEN) is NOT_GIVEN
+        assert pickle.loads(pickle.dumps(NOT_GIVEN)) is NOT_GIVEN
+        assert repr(NOT_GIVEN) == "NOT_GIVEN"
