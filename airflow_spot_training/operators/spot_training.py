@@ -271,9 +271,9 @@ class SpotTrainingOperator(BaseOperator):
         return self._attempt_ended(context, ledger, event, in_new_try=False)
 
     def execute_launch(self, context: Context, event: Any = None) -> Any:
-        """Resume after waiting for spot capacity."""
+        """Resume after waiting for spot capacity: ask again (a TICK while waiting), so spot is tried again."""
         ledger = self._load_ledger(context)
-        return self._next_attempt(context, ledger, Event.CAPACITY_UNAVAILABLE, spot_unavailable=True)
+        return self._next_attempt(context, ledger, Event.TICK)
 
     def on_kill(self) -> None:
         """Stop the running attempt when the task is killed in blocking mode."""
@@ -384,7 +384,8 @@ class SpotTrainingOperator(BaseOperator):
     def _job_state(self, ledger: L.RunLedger, event: Event, spot_unavailable: bool) -> JobState:
         now = time.time()
         launched = [a for a in ledger.attempts if a.outcome != L.CAPACITY_UNAVAILABLE]
-        current_capacity = Capacity(launched[-1].capacity) if launched else None
+        waiting = event is Event.TICK and ledger.waiting_since is not None  # nothing runs while it waits
+        current_capacity = Capacity(launched[-1].capacity) if launched and not waiting else None
         progress = ledger.progress
         remaining = estimate_remaining_work(progress, ledger.compute_seconds(now), self.expected_runtime)
         spot_wait = ledger.spot_wait_seconds + ((now - ledger.waiting_since) if ledger.waiting_since else 0.0)
@@ -598,7 +599,7 @@ class SpotTrainingOperator(BaseOperator):
 
             self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=seconds)), method_name="execute_launch")
         time.sleep(seconds)
-        return self._next_attempt(context, ledger, Event.CAPACITY_UNAVAILABLE, spot_unavailable=True)
+        return self._next_attempt(context, ledger, Event.TICK)
 
     def _event_from_status(self, record: L.AttemptRecord, status: dict[str, Any]) -> dict[str, Any]:
         return {

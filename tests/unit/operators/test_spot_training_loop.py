@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskD
 
 from airflow_spot_training.backends.base import AttemptStatus, LaunchRequest, SpotCapacityUnavailable
 from airflow_spot_training.backends.local import LocalBackend, fixed_preemptions
-from airflow_spot_training.core.policy import Action, Decision
+from airflow_spot_training.core.policy import Action, Decision, ThresholdPolicy
 from airflow_spot_training.operators.spot_training import LEDGER_KEY, SpotTrainingOperator
 from tests.unit.operators.harness import TaskRun
 
@@ -127,6 +127,21 @@ class TestOperatorLoop:
         assert summary["attempts"][-1]["capacity"] == "on_demand"
         assert "max_spot_wait" in summary["escalations"][0]["reason"]
         assert summary["spot_wait_seconds"] >= 0.2
+
+    @pytest.mark.parametrize("deferrable", [True, False])
+    def test_after_waiting_it_tries_spot_again(self, tmp_path, deferrable):
+        # no spot for the first second of the run, then spot for good
+        trace = tmp_path / "trace.json"
+        trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [0, 0] + [1] * 2000}))
+        b = backend(tmp_path, preemptions={"kind": "trace", "path": str(trace), "seconds_per_sample": 0.5})
+        op = operator(tmp_path, b, escalation_policy=ThresholdPolicy(wait_seconds=0.2), max_spot_wait=None,
+                      deferrable=deferrable)
+        summary = TaskRun().run(op)
+        attempts = summary["attempts"]
+        assert attempts[0]["outcome"] == "capacity_unavailable"
+        assert attempts[-1]["capacity"] == "spot" and attempts[-1]["outcome"] == "succeeded"
+        assert {a["capacity"] for a in attempts} == {"spot"}  # it never gave up on spot
+        assert summary["spot_wait_seconds"] > 0
 
     def test_max_attempts_caps_relaunches(self, tmp_path):
         b = backend(tmp_path, env={"STEPS": "1000"}, preemptions=fixed_preemptions([0.3] * 10))
