@@ -245,7 +245,33 @@ class MoveBackWhenSpotReturns:
         return Decision(Action.SPOT, "spot")
 
 
+class MoveBackOnceSpotStayed(MoveBackWhenSpotReturns):
+    """Like its parent, but leaves on-demand only once spot has been seen available for a second."""
+
+    def decide(self, state):
+        from airflow_spot_training.core.policy import Event
+
+        if state.event is Event.TICK and state.spot_available_for is not None and state.spot_available_for >= 1.0:
+            return Decision(Action.SPOT, f"spot seen for {state.spot_available_for:.2f} s")
+        if state.event is Event.TICK:
+            return Decision(Action.ON_DEMAND, "stay")
+        return super().decide(state)
+
+
 class TestReturnToSpot:
+    def test_the_policy_is_told_how_long_spot_has_been_seen(self, tmp_path):
+        trace = tmp_path / "trace.json"
+        trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [0, 0] + [1] * 1000}))
+        b = backend(tmp_path, env={"STEPS": "200", "DELAY": "0.05"},
+                    preemptions={"kind": "trace", "path": str(trace), "seconds_per_sample": 1.5})
+        op = operator(tmp_path, b, escalation_policy=MoveBackOnceSpotStayed(), return_to_spot=True)
+        summary = TaskRun().run(op)
+        got = [(a["capacity"], a["outcome"]) for a in summary["attempts"]]
+        assert got == [("spot", "capacity_unavailable"), ("on_demand", "stopped"), ("spot", "succeeded")]
+        reason = summary["attempts"][1]["reason"]
+        assert reason.startswith("moved back to spot: spot seen for ")
+        assert float(reason.split()[-2]) >= 1.0
+
     def test_on_demand_attempt_checkpoints_stops_and_spot_takes_over(self, tmp_path):
         trace = tmp_path / "trace.json"
         trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [0, 0] + [1] * 1000}))
