@@ -36,7 +36,7 @@ with _dag("e2e_deadline"):
         task_id="train",
         backend=LocalBackend(command=TRAIN + ["--steps", "80", "--checkpoint-every", "10", "--step-delay", "0.05"],
                              preemptions=fixed_preemptions([2.5] * 10), notice_seconds=2),
-        max_preemptions=None,  # only the deadline may escalate
+        max_preemptions=None,  # the deadline-aware default (deadline + expected_runtime), no preemption cap
         deadline="40s", expected_runtime=8, restart_overhead=3, poll_interval=0.5,
     )
 
