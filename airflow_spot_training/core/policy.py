@@ -71,6 +71,10 @@ class JobState:
     :param spot_unavailable: spot capacity was unavailable at the last try.
     :param spot_wait: seconds spent so far waiting for spot capacity.
     :param spot_available: for simulators and clouds that can tell: is spot available now.
+    :param spot_available_for: seconds spot has been seen available without a break, up to
+        ``now`` (0 at the first sighting); ``None`` when the caller does not track it. Policies
+        that move back to spot use it as hysteresis: spot that has just come back is often
+        gone again within minutes.
     :param total_work: seconds of compute the whole job needs (its expected runtime), when
         known. Deadline-aware policies use it to place the start-to-deadline progress line;
         without it they fall back to rules that only look at the remaining work.
@@ -94,6 +98,7 @@ class JobState:
     spot_unavailable: bool = False
     spot_wait: float = 0.0
     spot_available: bool | None = None
+    spot_available_for: float | None = None
     total_work: float | None = None
     poll_interval: float = 0.0
 

@@ -54,7 +54,14 @@ from airflow_spot_training.core.attempt import (
 from airflow_spot_training.core.contract import Contract, attempt_token, run_key
 from airflow_spot_training.core.deadline import DeadlineError, parse_deadline
 from airflow_spot_training.core.ledger import AttemptRecord, RunLedger, format_summary
-from airflow_spot_training.core.policies import POLICIES, make_policy
+from airflow_spot_training.core.policies import (
+    NOT_GIVEN,
+    POLICIES,
+    NotGiven,
+    default_max_spot_wait,
+    default_policy,
+    named_policy,
+)
 from airflow_spot_training.core.policy import (
     Action,
     Capacity,
@@ -62,7 +69,6 @@ from airflow_spot_training.core.policy import (
     EscalationPolicy,
     Event,
     JobState,
-    ThresholdPolicy,
     check_feasible,
     estimate_remaining_work,
     format_duration,
@@ -132,17 +138,21 @@ class SpotTrainingOperator(BaseOperator):
         ``[spot_training] checkpoint_base_uri``/dag_id/run_id/task_id[/map_index].
     :param max_preemptions: after this many preemptions the next attempt runs on
         on-demand capacity. ``0`` runs on on-demand from the start; ``None``: no threshold.
-        Ignored when ``escalation_policy`` is given.
+        Left out: 3 under the threshold rule, no cap under the deadline-aware default.
+        Ignored when ``escalation_policy`` is an object.
     :param deadline: when the training must be done: an aware datetime, or a duration
         counted from the first launch (``timedelta``, ``"6h"``, ``"PT6H"``). Spot is used
         only while the time left can absorb one more preemption plus restart. (templated)
-    :param escalation_policy: replaces the default rule (``ThresholdPolicy(max_preemptions)``):
-        an object with ``decide(JobState) -> Decision``, or the name of a shipped policy
-        (``"threshold"``, ``"greedy"``, ``"uniform_progress"``, ``"deadline_aware"``).
+    :param escalation_policy: replaces the default rule: an object with
+        ``decide(JobState) -> Decision``, or the name of a shipped policy (``"threshold"``,
+        ``"greedy"``, ``"uniform_progress"``, ``"deadline_aware"``). Default: with both
+        ``deadline`` and ``expected_runtime``, ``DeadlineAwarePolicy``; otherwise
+        ``ThresholdPolicy(max_preemptions)``.
     :param poll_interval: seconds between two status polls (default ``[spot_training] poll_interval``).
     :param max_attempts: cap on launched attempts across all tries; the task fails beyond it.
     :param max_spot_wait: cap on total time spent waiting for spot capacity; after it the
-        next attempt runs on on-demand.
+        next attempt runs on on-demand. Left out: one hour, or no cap under the
+        deadline-aware policy with a deadline and an expected runtime (the deadline bounds it).
     :param max_on_demand_wait: cap on total time spent waiting for on-demand capacity when
         no pool has any; after it the task fails, naming the pools and their answers.
     :param capacity_retry_interval: seconds between two on-demand launches while no pool
@@ -172,12 +182,12 @@ class SpotTrainingOperator(BaseOperator):
         *,
         backend: SpotBackend | str,
         checkpoint_prefix: str | None = None,
-        max_preemptions: int | None = 3,
+        max_preemptions: int | None | NotGiven = NOT_GIVEN,
         deadline: Any = None,
         escalation_policy: EscalationPolicy | str | None = None,
         poll_interval: float | timedelta | None = None,
         max_attempts: int = 20,
-        max_spot_wait: float | timedelta | None = timedelta(hours=1),
+        max_spot_wait: float | timedelta | None | NotGiven = NOT_GIVEN,
         max_on_demand_wait: float | timedelta = timedelta(minutes=30),
         capacity_retry_interval: float | timedelta = 60.0,
         max_capacity_attempts: int = 100,
@@ -194,7 +204,6 @@ class SpotTrainingOperator(BaseOperator):
             self.backend = resolve_backend(backend)
         except BackendConfigError as e:
             raise SpotTrainingConfigError(f"{self.task_id}: {e}") from e
-        self.escalation_policy = self._policy(escalation_policy, max_preemptions)
         self._check_deadline(deadline)
         if checkpoint_prefix is not None and not isinstance(checkpoint_prefix, str):
             raise SpotTrainingConfigError(
@@ -207,7 +216,6 @@ class SpotTrainingOperator(BaseOperator):
         self.max_attempts = _count(max_attempts, "max_attempts")
         self.max_capacity_attempts = _count(max_capacity_attempts, "max_capacity_attempts")
         self.poll_interval = _seconds(poll_interval, "poll_interval", minimum=0.01)
-        self.max_spot_wait = _seconds(max_spot_wait, "max_spot_wait")
         self.max_on_demand_wait = _seconds(max_on_demand_wait, "max_on_demand_wait", allow_none=False)
         self.capacity_retry_interval = _seconds(capacity_retry_interval, "capacity_retry_interval",
                                                 allow_none=False, minimum=0.01)
@@ -215,6 +223,9 @@ class SpotTrainingOperator(BaseOperator):
         self.restart_overhead = overhead if overhead is not None else self.backend.default_restart_overhead
         self.checkpoint_interval = _seconds(checkpoint_interval, "checkpoint_interval") or 0.0
         self.expected_runtime = _seconds(expected_runtime, "expected_runtime")
+        self.escalation_policy = self._policy(escalation_policy, max_preemptions)
+        self.max_spot_wait = _seconds(default_max_spot_wait(max_spot_wait, self.escalation_policy, deadline=deadline,
+                                                            expected_runtime=self.expected_runtime), "max_spot_wait")
         self.return_to_spot = return_to_spot
         self.deferrable = settings.default_deferrable() if deferrable is None else bool(deferrable)
         self.progress_log_interval = _seconds(progress_log_interval, "progress_log_interval", minimum=0.01)
@@ -234,8 +245,10 @@ class SpotTrainingOperator(BaseOperator):
         self._live_handle: AttemptHandle | None = None
 
     # -- argument checks -------------------------------------------------------------------
-    def _policy(self, policy: EscalationPolicy | str | None, max_preemptions: int | None) -> EscalationPolicy:
-        if max_preemptions is not None and (
+    def _policy(self, policy: EscalationPolicy | str | None,
+                max_preemptions: int | None | NotGiven) -> EscalationPolicy:
+        """The policy given (an object or a name), else the default rule (see :func:`default_policy`)."""
+        if max_preemptions is not None and max_preemptions is not NOT_GIVEN and (
             not isinstance(max_preemptions, int) or isinstance(max_preemptions, bool) or max_preemptions < 0
         ):
             raise SpotTrainingConfigError(
@@ -248,14 +261,14 @@ class SpotTrainingOperator(BaseOperator):
                     f"{self.task_id}: escalation_policy={policy!r} is not a known policy; "
                     f"choose one of {', '.join(POLICIES)} or pass a policy object."
                 )
-            extra = {"max_preemptions": max_preemptions} if policy == "threshold" else {}
-            policy = make_policy(policy, **extra)
+            policy = named_policy(policy, max_preemptions)
         if policy is not None and not callable(getattr(policy, "decide", None)):
             raise SpotTrainingConfigError(
                 f"{self.task_id}: escalation_policy={policy!r} has no decide(state) method; "
                 "pass an object implementing airflow_spot_training.core.policy.EscalationPolicy."
             )
-        return policy or ThresholdPolicy(max_preemptions=max_preemptions)
+        return policy or default_policy(deadline=self.deadline, expected_runtime=self.expected_runtime,
+                                        max_preemptions=max_preemptions)
 
     def _check_deadline(self, deadline: Any) -> None:
         if is_template(deadline):

@@ -4,7 +4,9 @@ Time advances in steps of the trace gap. At every step the simulator builds a
 :class:`JobState` and asks the policy, with the same events the operator uses:
 ``START`` before the first launch, ``PREEMPTED`` when the trace takes a running spot
 instance away, ``CAPACITY_UNAVAILABLE`` when a spot launch fails (asked again at once),
-and ``TICK`` while an attempt runs or the job waits. Its answer is applied:
+and ``TICK`` while an attempt runs or the job waits; it also says whether spot is
+available somewhere now and for how long it has been (``spot_available_for``), as a
+caller polling every step would see it. Its answer is applied:
 
 * ``SPOT``: keep a running spot instance; otherwise stop whatever runs (after a
   checkpoint) and launch spot, in the pool that held the last spot instance if it has
@@ -113,6 +115,7 @@ def simulate(
     attempts = 0
     spot_wait = 0.0
     spot_unavailable = False
+    spot_seen_since: float | None = None  # start of the current run of steps with spot somewhere
     event = Event.START
 
     def state_at(now: float, ev: Event, any_spot: bool) -> JobState:
@@ -131,6 +134,7 @@ def simulate(
             spot_unavailable=spot_unavailable,
             spot_wait=spot_wait,
             spot_available=any_spot,
+            spot_available_for=None if spot_seen_since is None else now - spot_seen_since,
             total_work=task_seconds,
             poll_interval=poll,
         )
@@ -139,6 +143,10 @@ def simulate(
         now = step * gap
         free_pools = [k for k in range(n_pools) if avail(k, step)]
         any_spot = bool(free_pools)
+        if not any_spot:
+            spot_seen_since = None
+        elif spot_seen_since is None:
+            spot_seen_since = now
         if running is Capacity.SPOT and not avail(pool_of_spot, step):  # type: ignore[arg-type]
             res.preemptions += 1
             progress -= unsaved

@@ -102,6 +102,7 @@ class SpotTrainingTrigger(BaseTrigger):
         self.tick_state = tick_state
         self._backend: SpotBackend | None = None
         self._handle: AttemptHandle | None = None
+        self._spot_seen_since: float | None = None  # in memory only: a rebuilt trigger starts a new streak
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         cls = type(self)
@@ -214,11 +215,13 @@ class SpotTrainingTrigger(BaseTrigger):
         snapshot = dict(self.tick_state)
         launched_at = snapshot.pop("attempt_launched_at", None) or time.time()
         now = time.time()
+        self._spot_seen_since = (self._spot_seen_since or now) if available else None
         useful = max(0.0, now - launched_at - float(snapshot.get("restart_overhead") or 0.0))
         if snapshot.get("remaining_work") is not None:
             snapshot["remaining_work"] = max(0.0, snapshot["remaining_work"] - useful)
-        state = JobState(now=now, event=Event.TICK, current_capacity=Capacity.ON_DEMAND,
-                         spot_available=available, **snapshot)
+        state = JobState(now=now, event=Event.TICK, current_capacity=Capacity.ON_DEMAND, spot_available=available,
+                         spot_available_for=None if self._spot_seen_since is None else now - self._spot_seen_since,
+                         **snapshot)
         policy = deserialize_policy(*self.tick_policy)
         decision = await asyncio.to_thread(policy.decide, state)  # user code: keep it off the loop
         return decision.reason if decision.action is Action.SPOT else None

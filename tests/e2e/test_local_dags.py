@@ -42,13 +42,14 @@ def test_preemptions_counted_and_escalation_at_the_threshold(local_airflow):
     assert local_airflow.xcom("e2e_threshold", "ledger")["preemptions"] == 2
 
 
-def test_deadline_escalates_before_it_cannot_absorb_another_preemption(local_airflow):
+def test_deadline_aware_default_escalates_before_the_slack_runs_out(local_airflow):
+    # deadline + expected_runtime: the operator's default is the deadline-aware policy
     local_airflow.dags_test("e2e_deadline", "2026-02-01T00:00:00+00:00")
     summary = local_airflow.xcom("e2e_deadline", "return_value")
     assert summary["outcome"] == "succeeded"
     esc = summary["escalations"]
     assert len(esc) == 1 and esc[0]["to"] == "on_demand"
-    assert "cannot absorb another preemption" in esc[0]["reason"]
+    assert "is below one more preemption + poll" in esc[0]["reason"]
     # escalated by the deadline, not a threshold (there is none), before the spot schedule ran out
     assert 1 <= summary["preemptions"] <= 7
     assert summary["attempts"][-1]["capacity"] == "on_demand"

@@ -39,7 +39,7 @@ with _dag("e2e_deadline"):
         task_id="train",
         backend=LocalBackend(command=TRAIN + ["--steps", "80", "--checkpoint-every", "10", "--step-delay", "0.05"],
                              preemptions=step_preemptions([10, 20, 30, 40, 50, 60, 70]), notice_seconds=2),
-        max_preemptions=None,  # only the deadline may escalate
+        max_preemptions=None,  # the deadline-aware default (deadline + expected_runtime), no preemption cap
         deadline="90s", expected_runtime=8, restart_overhead=30, poll_interval=0.5,
     )
 

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from airflow_spot_training.backends.local import LocalBackend
+from airflow_spot_training.core.policies import DeadlineAwarePolicy, GreedyPolicy
 from airflow_spot_training.core.policy import Action, Decision, ThresholdPolicy
 from airflow_spot_training.operators.spot_training import (
     SpotTrainingConfigError,
@@ -30,6 +31,29 @@ class TestSpotTrainingOperatorArguments:
         assert isinstance(op.escalation_policy, ThresholdPolicy) and op.escalation_policy.max_preemptions == 3
         assert op.restart_overhead == BACKEND.default_restart_overhead
         assert set(op.template_fields) == {"checkpoint_prefix", "deadline", "backend"}
+
+    def test_defaults_without_a_deadline_keep_the_threshold_rule(self):
+        op = make(expected_runtime=timedelta(hours=6))
+        assert isinstance(op.escalation_policy, ThresholdPolicy) and op.escalation_policy.max_preemptions == 3
+        assert op.max_spot_wait == 3600
+
+    def test_deadline_and_expected_runtime_make_the_deadline_aware_policy_the_default(self):
+        op = make(deadline="8h", expected_runtime=timedelta(hours=6))
+        assert isinstance(op.escalation_policy, DeadlineAwarePolicy)
+        assert op.escalation_policy.max_preemptions is None
+        assert op.max_spot_wait is None  # the deadline bounds the waiting
+
+    def test_explicit_caps_still_apply_under_the_deadline_aware_default(self):
+        op = make(deadline="8h", expected_runtime=timedelta(hours=6), max_preemptions=2,
+                  max_spot_wait=timedelta(minutes=10))
+        assert isinstance(op.escalation_policy, DeadlineAwarePolicy)
+        assert op.escalation_policy.max_preemptions == 2 and op.max_spot_wait == 600
+
+    def test_a_chosen_policy_wins_over_the_default(self):
+        op = make(deadline="8h", expected_runtime=timedelta(hours=6), escalation_policy="greedy")
+        assert isinstance(op.escalation_policy, GreedyPolicy) and op.max_spot_wait == 3600
+        named = make(escalation_policy="threshold", max_preemptions=1)
+        assert named.escalation_policy.max_preemptions == 1
 
     def test_backend_by_name_needs_its_settings(self):
         with pytest.raises(SpotTrainingConfigError, match="train: LocalBackend needs command"):

@@ -14,7 +14,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskD
 
 from airflow_spot_training.backends.base import AttemptStatus, LaunchRequest, CapacityUnavailable
 from airflow_spot_training.backends.local import LocalBackend, fixed_preemptions
-from airflow_spot_training.core.policy import Action, Decision
+from airflow_spot_training.core.policy import Action, Decision, ThresholdPolicy
 from airflow_spot_training.operators.spot_training import LEDGER_KEY, SpotTrainingOperator
 from tests.unit.operators.harness import TaskRun
 
@@ -129,6 +129,21 @@ class TestOperatorLoop:
         assert "max_spot_wait" in summary["escalations"][0]["reason"]
         assert summary["spot_wait_seconds"] >= 0.2
 
+    @pytest.mark.parametrize("deferrable", [True, False])
+    def test_after_waiting_it_tries_spot_again(self, tmp_path, deferrable):
+        # no spot for the first second of the run, then spot for good
+        trace = tmp_path / "trace.json"
+        trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [0, 0] + [1] * 2000}))
+        b = backend(tmp_path, preemptions={"kind": "trace", "path": str(trace), "seconds_per_sample": 0.5})
+        op = operator(tmp_path, b, escalation_policy=ThresholdPolicy(wait_seconds=0.2), max_spot_wait=None,
+                      deferrable=deferrable)
+        summary = TaskRun().run(op)
+        attempts = summary["attempts"]
+        assert attempts[0]["outcome"] == "capacity_unavailable"
+        assert attempts[-1]["capacity"] == "spot" and attempts[-1]["outcome"] == "succeeded"
+        assert {a["capacity"] for a in attempts} == {"spot"}  # it never gave up on spot
+        assert summary["spot_wait_seconds"] > 0
+
     def test_max_attempts_caps_relaunches(self, tmp_path):
         b = backend(tmp_path, env={"STEPS": "1000"}, preemptions=fixed_preemptions([0.3] * 10))
         op = operator(tmp_path, b, max_preemptions=None, max_attempts=2)
@@ -231,7 +246,33 @@ class MoveBackWhenSpotReturns:
         return Decision(Action.SPOT, "spot")
 
 
+class MoveBackOnceSpotStayed(MoveBackWhenSpotReturns):
+    """Like its parent, but leaves on-demand only once spot has been seen available for a second."""
+
+    def decide(self, state):
+        from airflow_spot_training.core.policy import Event
+
+        if state.event is Event.TICK and state.spot_available_for is not None and state.spot_available_for >= 1.0:
+            return Decision(Action.SPOT, f"spot seen for {state.spot_available_for:.2f} s")
+        if state.event is Event.TICK:
+            return Decision(Action.ON_DEMAND, "stay")
+        return super().decide(state)
+
+
 class TestReturnToSpot:
+    def test_the_policy_is_told_how_long_spot_has_been_seen(self, tmp_path):
+        trace = tmp_path / "trace.json"
+        trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [0, 0] + [1] * 1000}))
+        b = backend(tmp_path, env={"STEPS": "200", "DELAY": "0.05"},
+                    preemptions={"kind": "trace", "path": str(trace), "seconds_per_sample": 1.5})
+        op = operator(tmp_path, b, escalation_policy=MoveBackOnceSpotStayed(), return_to_spot=True)
+        summary = TaskRun().run(op)
+        got = [(a["capacity"], a["outcome"]) for a in summary["attempts"]]
+        assert got == [("spot", "capacity_unavailable"), ("on_demand", "stopped"), ("spot", "succeeded")]
+        reason = summary["attempts"][1]["reason"]
+        assert reason.startswith("moved back to spot: spot seen for ")
+        assert float(reason.split()[-2]) >= 1.0
+
     def test_on_demand_attempt_checkpoints_stops_and_spot_takes_over(self, tmp_path):
         trace = tmp_path / "trace.json"
         trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [0, 0] + [1] * 1000}))

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from airflow_spot_training.core.policies import POLICIES, ThresholdPolicy, make_policy
-from airflow_spot_training.core.policy import Action, Event
+from airflow_spot_training.core.policies import POLICIES, DeadlineAwarePolicy, ThresholdPolicy, make_policy
+from airflow_spot_training.core.policy import Action, Decision, Event
 from airflow_spot_training.simulate.__main__ import main as cli_main
 from airflow_spot_training.simulate.optimum import optimal_cost
 from airflow_spot_training.simulate.simulator import (
@@ -106,6 +106,67 @@ class TestAdversarialTraces:
         r = run("deadline_aware", [[False] * 100 + [True] * STEPS])
         assert r.moves_to_spot == 1 and not r.missed
         assert r.cost < run("greedy", [[False] * 100 + [True] * STEPS]).cost
+
+
+def heavy_tailed_trace(rng: random.Random, steps: int) -> list[bool]:
+    """Availability that alternates with Pareto-distributed run lengths, like the measured traces:
+    most outages and spot windows are short, a few are very long."""
+    trace, up = [], rng.random() < 0.6
+    while len(trace) < steps:
+        trace += [up] * max(1, int(rng.paretovariate(1.2) * (6 if up else 3)))
+        up = not up
+    return trace[:steps]
+
+
+class TestDeadlineAwareOnTraces:
+    """The default policy on trace windows: never late, and each of its rules pays off."""
+
+    @pytest.mark.parametrize("seed", range(8))
+    @pytest.mark.parametrize(("task", "deadline", "overhead", "checkpoint"), [
+        (TASK, TASK + 600, 300.0, 0.0),  # tight: 10 min of slack beyond one restart
+        (TASK, DEADLINE, 300.0, 600.0),  # work since the last checkpoint is lost at each preemption
+        (TASK, 2 * TASK, 600.0, 0.0),  # loose, long restarts
+    ])
+    def test_never_misses(self, seed, task, deadline, overhead, checkpoint):
+        rng = random.Random(seed)
+        pools = [heavy_tailed_trace(rng, STEPS) for _ in range(1 + seed % 2)]
+        r = simulate(make_policy("deadline_aware"), pools, GAP, task, deadline, overhead, checkpoint)
+        assert not r.missed, (seed, r.finish_time, deadline)
+        assert r.cost >= optimal_cost(pools, GAP, task, deadline, overhead) - 1e-9
+
+    def test_loose_deadline_waits_like_greedy(self):
+        # 20 min without spot at the start of a job with 55 min of slack: waiting is free
+        trace = [False] * 20 + [True] * STEPS
+        ours, greedy, up = (run(name, [trace]) for name in ("deadline_aware", "greedy", "uniform_progress"))
+        assert ours.on_demand_seconds == 0 and ours.cost == pytest.approx(greedy.cost)
+        assert up.on_demand_seconds > 0 and ours.cost < up.cost
+
+    def test_hysteresis_ignores_spot_that_flickers_back(self):
+        # escalated to on-demand by a 40 min outage; spot then flickers for 40 min and stays
+        trace = [False] * 40 + [True, False] * 20 + [True] * STEPS
+        ours = run("deadline_aware", [trace])
+        eager = simulate(DeadlineAwarePolicy(move_back_after=0), [trace], GAP, TASK, DEADLINE, OVERHEAD)
+        assert ours.moves_to_spot == 1 and ours.preemptions == 0
+        assert eager.preemptions > 3 and ours.cost < eager.cost
+        assert not ours.missed and not eager.missed
+
+    def test_it_is_told_how_long_spot_has_been_available(self):
+        trace = [True] * 3 + [False] + [True] * STEPS
+        seen = Recorder()
+        simulate(seen, [trace], GAP, TASK, DEADLINE, OVERHEAD)
+        # asked twice at the preemption (PREEMPTED, then CAPACITY_UNAVAILABLE after the failed launch)
+        assert seen.spot_available_for[:7] == [0.0, GAP, 2 * GAP, None, None, 0.0, GAP]
+
+
+class Recorder:
+    """A policy that always wants spot and remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.spot_available_for: list[float | None] = []
+
+    def decide(self, state):
+        self.spot_available_for.append(state.spot_available_for)
+        return Decision(Action.SPOT, "record")
 
 
 class TestOptimum:
