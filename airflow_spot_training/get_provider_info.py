@@ -21,6 +21,7 @@ def get_provider_info() -> dict[str, Any]:
             "airflow_spot_training.links.google_cloud.ComputeEngineInstanceLink",
             "airflow_spot_training.links.google_cloud.VertexAICustomJobLink",
         ],
+        "plugins": [{"name": "spot_training", "plugin-class": "airflow_spot_training.ui.plugin.SpotTrainingPlugin"}],
         "config": {
             "spot_training": {
                 "description": "Defaults for spot-training operators.",

@@ -1,0 +1,150 @@
+"""The spot-training UI: a FastAPI app the api-server mounts under :data:`URL_PREFIX`.
+
+Pages (HTML, JavaScript, CSS, served from this package; nothing from a CDN):
+
+* ``/task-instance?dag_id=&run_id=&task_id=&map_index=``: one task instance's attempts
+  as a timeline; shown as the "Spot training" tab of every task instance;
+* ``/overview``: every spot-training task instance the user may read, with filters and a
+  chart of savings and preemptions per DAG over time; shown in the navigation.
+
+JSON endpoints the pages poll: ``/api/task-instance`` and ``/api/overview``.
+
+Access: every route needs an authenticated user (Airflow's auth manager, the session
+cookie or a bearer token, exactly as the REST API); the JSON endpoints need the same
+DAG-level permission as Airflow's own task-instance endpoints (``GET`` on
+``TASK_INSTANCE`` of the DAG), and the overview only ever selects the DAGs the auth
+manager says the user may read.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse
+
+from airflow.api_fastapi.app import get_auth_manager
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.common.db.common import SessionDep
+from airflow.api_fastapi.core_api.security import GetUserDep, get_user, requires_access_dag
+from airflow_spot_training.ui import ledger_store, ledger_view
+from airflow_spot_training.ui.plugin import URL_PREFIX
+
+STATIC = Path(__file__).parent / "static"
+MAX_PAGE = 500
+#: the assets the pages load, by name: nothing else under the package is served
+ASSETS = {"spot_training.css": "text/css", "icon.svg": "image/svg+xml", "common.js": "text/javascript",
+          "task_instance.js": "text/javascript", "overview.js": "text/javascript"}
+
+_read_task_instances = Depends(requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE))
+
+
+def _page(name: str) -> FileResponse:
+    return FileResponse(STATIC / name, media_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+def task_instance_page() -> FileResponse:
+    """The task-instance view (its data comes from ``/api/task-instance``)."""
+    return _page("task_instance.html")
+
+
+def overview_page() -> FileResponse:
+    """The overview page (its data comes from ``/api/overview``)."""
+    return _page("overview.html")
+
+
+def asset(name: str) -> FileResponse:
+    """A stylesheet or script of the pages (behind the auth manager like everything else)."""
+    if name not in ASSETS:
+        raise HTTPException(404, f"no asset {name!r}")
+    return FileResponse(STATIC / name, media_type=ASSETS[name])
+
+
+def task_instance_data(
+    session: SessionDep,
+    dag_id: Annotated[str, Query(min_length=1)],
+    run_id: Annotated[str, Query(min_length=1)],
+    task_id: Annotated[str, Query(min_length=1)],
+    map_index: int = -1,
+) -> dict[str, Any]:
+    """The task-instance view's model (see :func:`ledger_view.task_instance_view`).
+
+    :param dag_id: the task instance's DAG (its read permission is checked before this runs).
+    :param run_id: its DAG run.
+    :param task_id: its task.
+    :param map_index: its map index; -1 when the task is not mapped.
+    """
+    found = ledger_store.task_instance_ledger(session, dag_id, run_id, task_id, map_index)
+    if found is None:
+        raise HTTPException(404, f"no task instance {dag_id}/{run_id}/{task_id}[{map_index}]")
+    view = ledger_view.task_instance_view(found.full, found.published, now=time.time(), ti_state=found.state)
+    return {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index, **view}
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _overview_rows(rows: list[ledger_store.LedgerRow], outcome: str | None) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        figures = ledger_view.overview_row(row.published)
+        if figures is None or (outcome and figures["outcome"] != outcome):
+            continue
+        out.append({
+            "dag_id": row.dag_id, "run_id": row.run_id, "task_id": row.task_id, "map_index": row.map_index,
+            "state": row.state, "try_number": row.try_number, "run_after": _epoch(row.run_after),
+            "start_date": _epoch(row.start_date), "end_date": _epoch(row.end_date), **figures,
+        })
+    return out
+
+
+def overview_data(
+    session: SessionDep,
+    user: GetUserDep,
+    dag_id: str | None = None,
+    outcome: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+) -> dict[str, Any]:
+    """Every spot-training task instance the user may read, filtered; totals and the chart.
+
+    :param dag_id: only this DAG.
+    :param outcome: only ledgers whose outcome is this (``succeeded``, ``failed``, ``running``...).
+    :param since: only runs whose ``run_after`` is at or after this time (ISO 8601).
+    :param until: only runs whose ``run_after`` is before this time (ISO 8601).
+    :param offset: the first row of the table page.
+    :param limit: rows in the table page (totals and chart cover every matching row).
+    """
+    readable = get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
+    rows = _overview_rows(
+        ledger_store.ledger_rows(session, readable_dag_ids=readable, dag_id=dag_id, since=since, until=until),
+        outcome,
+    )
+    return {
+        "total_entries": len(rows),
+        "offset": offset,
+        "rows": rows[offset:offset + limit],
+        "totals": ledger_view.totals(rows),
+        "chart": ledger_view.savings_chart(rows),
+        "dag_ids": sorted({r["dag_id"] for r in rows}) if dag_id is None else [dag_id],
+        "outcomes": sorted({str(r["outcome"]) for r in rows}),
+    }
+
+
+def create_app() -> FastAPI:
+    """The app, every route behind the auth manager (anonymous requests get 401)."""
+    app = FastAPI(title="Spot training", dependencies=[Depends(get_user)], docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.add_api_route("/task-instance", task_instance_page, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/overview", overview_page, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/api/task-instance", task_instance_data, methods=["GET"],
+                      dependencies=[_read_task_instances])
+    app.add_api_route("/api/overview", overview_data, methods=["GET"], dependencies=[_read_task_instances])
+    app.add_api_route("/static/{name}", asset, methods=["GET"], include_in_schema=False)
+    return app
