@@ -44,6 +44,7 @@ from airflow_spot_training.core.policy import (
     serialize_policy,
 )
 from airflow_spot_training.links.spot_training import CheckpointLink
+from airflow_spot_training.metrics import emit_ledger_changes
 from airflow_spot_training.runtime.checkpoint import CheckpointError, CheckpointManager
 from airflow_spot_training.runtime.results import read_metrics
 from airflow_spot_training.triggers.spot_training import (
@@ -289,8 +290,10 @@ class SpotTrainingOperator(BaseOperator):
         return L.RunLedger.from_dict(data)
 
     def _save(self, context: Context, ledger: L.RunLedger) -> None:
+        previous = self._store(context).get(LEDGER_KEY)
         self._store(context).set(LEDGER_KEY, ledger.to_dict())
         context["ti"].xcom_push(key=XCOM_LEDGER_KEY, value=ledger.summary())
+        emit_ledger_changes(previous, ledger, ti=context["ti"], backend=self.backend)
 
     def _open_ledger(self, context: Context) -> L.RunLedger:
         ti = context["ti"]

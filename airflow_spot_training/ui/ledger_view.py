@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airflow_spot_training.core.ledger import RunLedger
+from airflow_spot_training.core.reasons import escalation_kind
 
 SPOT = "spot"
 ON_DEMAND = "on_demand"
@@ -45,20 +46,6 @@ def decoded(value: Any) -> Any:
 def is_ledger_summary(value: Any) -> bool:
     """Whether an XCom value is a spot-training ledger summary (the key ``ledger`` is not ours alone)."""
     return isinstance(value, dict) and isinstance(value.get("attempts"), list) and "run_key" in value
-
-
-def escalation_kind(reason: str | None, to: str | None = ON_DEMAND) -> str:
-    """A low-cardinality name for why the capacity changed: a metric tag and a legend entry."""
-    text = (reason or "").lower()
-    if to == SPOT:
-        return "back_to_spot"
-    if "max_spot_wait" in text or "waited" in text:
-        return "spot_wait"
-    if "max_preemptions" in text or ("preemption" in text and "threshold" in text):
-        return "preemptions"
-    if "deadline" in text or "slack" in text or "time left" in text:
-        return "deadline"
-    return "policy"
 
 
 def _number(value: Any) -> float | None:
@@ -141,7 +128,7 @@ def _capacity_waits(full: Any, attempts: list[dict[str, Any]], now: float) -> li
         if attempt["outcome"] == "capacity_unavailable" and attempt["start"] is not None:
             waits.append({"start": attempt["start"], "end": attempt["end"] or attempt["start"],
                           "reason": attempt["reason"], "kind": "refused"})
-    return sorted(waits, key=lambda w: w["start"])
+    return sorted(waits, key=lambda w: (w["start"], w["kind"] != "refused"))
 
 
 def _preemption_marks(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -173,8 +160,10 @@ def _checkpoint(summary: dict[str, Any], attempts: list[dict[str, Any]], full: A
                 now: float) -> dict[str, Any]:
     """Checkpoint progress, and when it was last known to the ledger.
 
-    The ledger records a committed step when an attempt ends (or is interrupted); a field
-    with the commit time (``checkpoint_committed_at``) is used when a ledger has one.
+    The ledger records a committed step when an attempt ends (or is interrupted), not when
+    it was committed: the age shown is counted from the earliest record of the step, so
+    the commit is at least that old. A commit time (``checkpoint_committed_at``) is used
+    when a ledger has one.
     """
     step, total = summary.get("final_checkpoint_step"), summary.get("total_steps")
     known_at = None
@@ -183,7 +172,8 @@ def _checkpoint(summary: dict[str, Any], attempts: list[dict[str, Any]], full: A
             continue
         committed = _number(raw.get("checkpoint_committed_at")) if isinstance(raw, dict) else None
         candidate = committed or (attempt["end"] if not attempt["live"] else attempt["start"])
-        known_at = candidate if known_at is None or (candidate or 0) > known_at else known_at
+        if candidate is not None and (known_at is None or candidate < known_at):
+            known_at = candidate  # the earliest record of the step: the commit is at least that old
     fraction = min(1.0, step / total) if isinstance(step, int) and isinstance(total, int) and total else None
     return {"step": step, "total": total, "fraction": fraction, "known_at": known_at,
             "age_seconds": None if known_at is None else max(0.0, now - known_at)}
@@ -231,7 +221,7 @@ def task_instance_view(full: Any, published: Any, *, now: float | None = None,
     times = [t for a in attempts for t in (a["start"], a["end"]) if t is not None]
     times += [w["end"] for w in waits] + [e["at"] for e in escalations if e["at"] is not None]
     window_start = min(times) if times else now
-    window_end = max(times + ([deadline] if deadline else [])) if times else now
+    window_end = max(times) if times else now  # the deadline is drawn when it is near (the page decides)
     return {
         "found": True,
         "now": now,
