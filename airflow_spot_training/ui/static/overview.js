@@ -46,7 +46,7 @@
     const width = 520;
     const height = 220;
     const margin = { top: 24, right: 10, bottom: 34, left: 64 };
-    const root = svg("svg", { id, width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title });
+    const root = svg("svg", { id, width: "100%", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title });
     root.append(svg("text", { x: margin.left, y: 14 }, title));
     const days = chart.days;
     const series = chart.series;
@@ -60,14 +60,15 @@
     const plotHeight = height - margin.top - margin.bottom;
     const y = (v) => margin.top + ((max - v) / (max - min || 1)) * plotHeight;
     const groupWidth = (width - margin.left - margin.right) / days.length;
-    const barWidth = Math.max(1, (groupWidth * 0.8) / series.length);
+    const barWidth = Math.max(1, Math.min(36, (groupWidth * 0.8) / series.length));
+    const groupPad = (groupWidth - barWidth * series.length) / 2;
     [min, (min + max) / 2, max].forEach((v) => {
       root.append(svg("line", { class: "grid", x1: margin.left, x2: width - margin.right, y1: y(v), y2: y(v) }));
       root.append(svg("text", { x: margin.left - 6, y: y(v) + 4, "text-anchor": "end" }, format(v)));
     });
     const labelEvery = Math.ceil(days.length / 8);
     days.forEach((day, d) => {
-      const gx = margin.left + d * groupWidth + groupWidth * 0.1;
+      const gx = margin.left + d * groupWidth + groupPad;
       series.forEach((s, i) => {
         const v = s[field][d];
         const bar = svg("rect", { class: `chart-bar ${field}`, x: gx + i * barWidth, y: Math.min(y(v), y(0)),
@@ -77,7 +78,7 @@
         root.append(bar);
       });
       if (d % labelEvery === 0) {
-        root.append(svg("text", { x: gx + groupWidth * 0.4, y: height - margin.bottom + 16, "text-anchor": "middle" }, day.slice(5)));
+        root.append(svg("text", { x: margin.left + (d + 0.5) * groupWidth, y: height - margin.bottom + 16, "text-anchor": "middle" }, day.slice(5)));
       }
     });
     return root;
@@ -132,7 +133,7 @@
       el("h2", { text: "Savings and preemptions per day" }),
       el("div", { class: "charts" },
         el("div", { class: "chart" }, barChart("chart-savings", "Saved vs on-demand (USD)", data.chart, "saved", usd)),
-        el("div", { class: "chart" }, barChart("chart-preemptions", "Preemptions", data.chart, "preemptions", (v) => String(Math.round(v))))),
+        el("div", { class: "chart" }, barChart("chart-preemptions", "Preemptions", data.chart, "preemptions", (v) => (Number.isInteger(v) ? String(v) : v.toFixed(1))))),
       chartLegend(data.chart),
       el("h2", { text: "Task instances" }),
       table(data));

@@ -88,7 +88,8 @@
     for (let i = 0; i <= 5; i += 1) {
       const t = start + ((end - start) * i) / 5;
       ticks.append(svg("line", { class: "grid", x1: x(t), x2: x(t), y1: top - 6, y2: top + rows * rowHeight }));
-      ticks.append(svg("text", { x: x(t), y: top + rows * rowHeight + 16, "text-anchor": "middle" }, clockTime(t)));
+      const anchor = i === 0 ? "start" : (i === 5 ? "end" : "middle");
+      ticks.append(svg("text", { x: x(t), y: top + rows * rowHeight + 16, "text-anchor": anchor }, clockTime(t)));
     }
     root.append(ticks);
 
@@ -132,8 +133,13 @@
       if (escalation.at === null) return;
       const ex = x(escalation.at);
       root.append(svg("line", { class: "escalation", x1: ex, x2: ex, y1: 4, y2: top + rows * rowHeight, "data-to": escalation.to }));
-      root.append(svg("text", { class: "escalation-label", x: Math.min(ex + 4, width - 200), y: 14 },
-        `${escalation.to === "spot" ? "back to spot" : "to on-demand"}: ${escalation.kind}`));
+      const label = `${escalation.to === "spot" ? "back to spot" : "to on-demand"}: ${escalation.reason || escalation.kind}`;
+      const shown = label.length > 70 ? `${label.slice(0, 69)}…` : label;
+      const rightHalf = ex > left + (width - left - right) / 2;
+      const text = svg("text", { class: "escalation-label", x: rightHalf ? ex - 4 : ex + 4, y: 14,
+        "text-anchor": rightHalf ? "end" : "start", "data-kind": escalation.kind }, shown);
+      text.append(svg("title", {}, escalation.reason));
+      root.append(text);
     });
 
     if (view.deadline !== null && deadlineShown) {
