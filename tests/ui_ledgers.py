@@ -26,8 +26,23 @@ from airflow.models.xcom import XComModel
 from airflow_spot_training.core.ledger import AttemptRecord, Escalation, RunLedger
 from airflow_spot_training.operators.spot_training import LEDGER_KEY, XCOM_LEDGER_KEY
 
-BUNDLE = "dags-folder"
+BUNDLE = "spot-ui-synthetic"  # a bundle of its own: no DAG processor owns these DAGs
 T0 = datetime(2026, 10, 1, tzinfo=timezone.utc)
+RUN_SPACING = timedelta(hours=6)  # run ``i`` of a seed has run_after T0 + i * RUN_SPACING
+
+# Seeds a database from the environment's Airflow configuration: count, first index, DAG ids.
+SEED_SCRIPT = """
+import sys
+from airflow.utils.session import create_session
+from tests.ui_ledgers import seed
+with create_session() as session:
+    seed(session, count=int(sys.argv[1]), first=int(sys.argv[2]), dag_ids=sys.argv[3].split(","))
+"""
+
+
+def seed_command(python: str, *, count: int, first: int, dag_ids: list[str]) -> list[str]:
+    """The command that seeds the database a process environment points at (run from the repo root)."""
+    return [python, "-c", SEED_SCRIPT, str(count), str(first), ",".join(dag_ids)]
 
 
 def synthetic_ledger(rng: random.Random, run_key: str, started: float) -> RunLedger:
@@ -79,7 +94,7 @@ def seed(session: Any, *, count: int, dag_ids: list[str], first: int = 0, seed_v
     for index in range(first, first + count):
         dag_id = dag_ids[index % len(dag_ids)]
         run_id = f"scheduled__{index:06d}"
-        run_after = T0 + timedelta(hours=6 * index)
+        run_after = T0 + index * RUN_SPACING
         ledger = synthetic_ledger(rng, f"{dag_id}.{run_id}.{task_id}", run_after.timestamp())
         run_pk = session.execute(insert(DagRun.__table__).values(
             dag_id=dag_id, run_id=run_id, run_type="scheduled", run_after=run_after, logical_date=run_after,

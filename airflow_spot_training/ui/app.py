@@ -18,7 +18,9 @@ manager says the user may read.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -88,18 +90,54 @@ def _epoch(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
-def _overview_rows(rows: list[ledger_store.LedgerRow], outcome: str | None) -> list[dict[str, Any]]:
-    out = []
-    for row in rows:
-        figures = ledger_view.overview_row(row.published)
-        if figures is None or (outcome and figures["outcome"] != outcome):
-            continue
-        out.append({
-            "dag_id": row.dag_id, "run_id": row.run_id, "task_id": row.task_id, "map_index": row.map_index,
-            "state": row.state, "try_number": row.try_number, "run_after": _epoch(row.run_after),
-            "start_date": _epoch(row.start_date), "end_date": _epoch(row.end_date), **figures,
-        })
-    return out
+class FiguresCache:
+    """Overview figures by published version of a ledger, so a refresh reads only what changed.
+
+    A ledger XCom is rewritten (with a new timestamp) at every change, so a version, once
+    read, never changes. Bounded: the least recently used versions go first.
+
+    :param max_entries: how many versions to keep (one per task instance is enough).
+    """
+
+    NOT_A_LEDGER: dict[str, Any] = {}
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def figures(self, session: Any, rows: list[ledger_store.LedgerRow]) -> list[dict[str, Any] | None]:
+        """Each row's figures (None when its XCom is not a spot-training ledger, or just changed)."""
+        with self._lock:
+            missing = [r for r in rows if r.ledger_key not in self._entries]
+        read = ledger_store.published_ledgers(session, missing) if missing else {}
+        with self._lock:
+            for key, value in read.items():
+                self._entries[key] = ledger_view.overview_row(value) or self.NOT_A_LEDGER
+            out = []
+            for row in rows:
+                figures = self._entries.get(row.ledger_key)
+                if figures is not None:
+                    self._entries.move_to_end(row.ledger_key)
+                out.append(figures if figures is not self.NOT_A_LEDGER else None)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return out
+
+
+FIGURES = FiguresCache()
+
+
+def _matching(session: Any, rows: list[ledger_store.LedgerRow],
+              outcome: str | None) -> list[tuple[ledger_store.LedgerRow, dict[str, Any]]]:
+    """The rows whose XCom is a spot-training ledger (with that outcome), with their figures."""
+    return [(row, figures) for row, figures in zip(rows, FIGURES.figures(session, rows))
+            if figures is not None and (not outcome or figures["outcome"] == outcome)]
+
+
+def _table_row(row: ledger_store.LedgerRow, figures: dict[str, Any]) -> dict[str, Any]:
+    return {"dag_id": row.dag_id, "run_id": row.run_id, "task_id": row.task_id, "map_index": row.map_index,
+            "state": row.state, "run_after": _epoch(row.run_after), **figures}
 
 
 def overview_data(
@@ -122,18 +160,19 @@ def overview_data(
     :param limit: rows in the table page (totals and chart cover every matching row).
     """
     readable = get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
-    rows = _overview_rows(
-        ledger_store.ledger_rows(session, readable_dag_ids=readable, dag_id=dag_id, since=since, until=until),
-        outcome,
-    )
+    rows = ledger_store.ledger_rows(session, readable_dag_ids=readable, dag_id=dag_id, since=since, until=until)
+    matching = _matching(session, rows, outcome)
+    figures = [f for _, f in matching]
+    timeline = [{"dag_id": row.dag_id, "run_after": _epoch(row.run_after), "saved": f["saved"],
+                 "preemptions": f["preemptions"]} for row, f in matching]
     return {
-        "total_entries": len(rows),
+        "total_entries": len(matching),
         "offset": offset,
-        "rows": rows[offset:offset + limit],
-        "totals": ledger_view.totals(rows),
-        "chart": ledger_view.savings_chart(rows),
-        "dag_ids": sorted({r["dag_id"] for r in rows}) if dag_id is None else [dag_id],
-        "outcomes": sorted({str(r["outcome"]) for r in rows}),
+        "rows": [_table_row(row, f) for row, f in matching[offset:offset + limit]],
+        "totals": ledger_view.totals(figures),
+        "chart": ledger_view.savings_chart(timeline),
+        "dag_ids": sorted({row.dag_id for row, _ in matching}) if dag_id is None else [dag_id],
+        "outcomes": sorted({str(f["outcome"]) for f in figures}),
     }
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
 from sqlalchemy import and_, select
 
@@ -42,20 +42,23 @@ class TaskInstanceLedger:
     published: Any
 
 
-@dataclass(frozen=True)
-class LedgerRow:
-    """One spot-training task instance of the overview, before its ledger is read."""
+class LedgerRow(NamedTuple):
+    """One spot-training task instance of the overview; its ledger is read separately."""
 
+    dag_run_id: int
     dag_id: str
     run_id: str
     task_id: str
     map_index: int
     state: str | None
-    try_number: int | None
-    start_date: datetime | None
-    end_date: datetime | None
     run_after: datetime | None
-    published: Any
+    #: when the operator last published the ledger: a new value means a new ledger
+    published_at: datetime | None
+
+    @property
+    def ledger_key(self) -> tuple[int, str, int, datetime | None]:
+        """Identifies one published version of the ledger."""
+        return (self.dag_run_id, self.task_id, self.map_index, self.published_at)
 
 
 def _state(value: Any) -> str | None:
@@ -93,6 +96,9 @@ def ledger_rows(session: Session, *, readable_dag_ids: Iterable[str], dag_id: st
                 since: datetime | None = None, until: datetime | None = None) -> list[LedgerRow]:
     """Every task instance with a ``ledger`` XCom in the DAGs a user may read, newest run first.
 
+    The ledgers themselves are not read here (:func:`published_ledgers` does, for the rows
+    whose figures are not known yet), so the query stays cheap however many there are.
+
     :param readable_dag_ids: the DAGs the user may read (from the auth manager); nothing else
         is ever selected.
     :param dag_id: only this DAG.
@@ -106,9 +112,8 @@ def ledger_rows(session: Session, *, readable_dag_ids: Iterable[str], dag_id: st
         return []
     query = (
         select(
-            XComModel.dag_id, XComModel.run_id, XComModel.task_id, XComModel.map_index,
-            TaskInstance.state, TaskInstance.try_number, TaskInstance.start_date, TaskInstance.end_date,
-            DagRun.run_after, XComModel.value,
+            XComModel.dag_run_id, XComModel.dag_id, XComModel.run_id, XComModel.task_id, XComModel.map_index,
+            TaskInstance.state, DagRun.run_after, XComModel.timestamp,
         )
         .join(DagRun, DagRun.id == XComModel.dag_run_id)
         .join(TaskInstance, and_(
@@ -122,8 +127,22 @@ def ledger_rows(session: Session, *, readable_dag_ids: Iterable[str], dag_id: st
         query = query.where(DagRun.run_after >= since)
     if until is not None:
         query = query.where(DagRun.run_after < until)
-    return [
-        LedgerRow(dag_id=r[0], run_id=r[1], task_id=r[2], map_index=r[3], state=_state(r[4]),
-                  try_number=r[5], start_date=r[6], end_date=r[7], run_after=r[8], published=r[9])
-        for r in session.execute(query)
-    ]
+    # Core execution: ten thousand plain tuples, no ORM identity bookkeeping
+    return [LedgerRow(r[0], r[1], r[2], r[3], r[4], _state(r[5]), r[6], r[7])
+            for r in session.connection().execute(query)]
+
+
+def published_ledgers(session: Session, rows: list[LedgerRow],
+                      chunk: int = 1000) -> dict[tuple[int, str, int, datetime | None], Any]:
+    """The ``ledger`` XCom values of ``rows``, by :attr:`LedgerRow.ledger_key`."""
+    wanted = {(r.dag_run_id, r.task_id, r.map_index) for r in rows}
+    run_ids = sorted({r.dag_run_id for r in rows})
+    values: dict[tuple[int, str, int, datetime | None], Any] = {}
+    for start in range(0, len(run_ids), chunk):
+        query = select(XComModel.dag_run_id, XComModel.task_id, XComModel.map_index, XComModel.timestamp,
+                       XComModel.value).where(XComModel.key == XCOM_LEDGER_KEY,
+                                              XComModel.dag_run_id.in_(run_ids[start:start + chunk]))
+        for run_pk, task_id, map_index, published_at, value in session.connection().execute(query):
+            if (run_pk, task_id, map_index) in wanted:
+                values[(run_pk, task_id, map_index, published_at)] = value
+    return values

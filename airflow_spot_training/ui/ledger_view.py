@@ -270,38 +270,50 @@ def overview_row(published: Any) -> dict[str, Any] | None:
     }
 
 
-def _day(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d")
+#: how wide a chart bucket is, by how many days the rows span: at most ~100 buckets
+BUCKETS = ((100, "day"), (700, "week"), (None, "month"))
+
+
+def _bucket_of(timestamp: float, bucket: str) -> str:
+    moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    if bucket == "week":  # the Monday that starts the ISO week
+        monday = moment.date().toordinal() - moment.weekday()
+        return datetime.fromordinal(monday).strftime("%Y-%m-%d")
+    return moment.strftime("%Y-%m" if bucket == "month" else "%Y-%m-%d")
+
+
+def _bucket_for(timestamps: list[float]) -> str:
+    span_days = (max(timestamps) - min(timestamps)) / 86400 if timestamps else 0
+    return next(name for limit, name in BUCKETS if limit is None or span_days <= limit)
 
 
 def savings_chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Savings and preemptions per DAG and day (UTC), for the overview's chart.
+    """Savings and preemptions per DAG and period (UTC days, weeks or months), for the chart.
 
     :param rows: overview rows with ``dag_id``, ``run_after`` (epoch seconds), ``saved`` and
         ``preemptions``.
-    :return: ``{"days": [...], "series": [{"dag_id", "saved": [...], "preemptions": [...],
-        "runs": [...]}]}``, one value per day, in day order.
+    :return: ``{"bucket": "day" | "week" | "month", "days": [period labels], "series":
+        [{"dag_id", "saved": [...], "preemptions": [...], "runs": [...]}]}``, one value per
+        period, in order; a period is as wide as keeps the chart under about 100 of them.
     """
+    timed = [r for r in rows if r.get("run_after") is not None]
+    bucket = _bucket_for([r["run_after"] for r in timed])
     cells: dict[tuple[str, str], dict[str, float]] = {}
-    for row in rows:
-        day = _day(row.get("run_after"))
-        if day is None:
-            continue
-        cell = cells.setdefault((row["dag_id"], day), {"saved": 0.0, "preemptions": 0, "runs": 0})
+    for row in timed:
+        cell = cells.setdefault((row["dag_id"], _bucket_of(row["run_after"], bucket)),
+                                {"saved": 0.0, "preemptions": 0, "runs": 0})
         cell["saved"] += row.get("saved") or 0.0
         cell["preemptions"] += row.get("preemptions") or 0
         cell["runs"] += 1
-    days = sorted({day for _, day in cells})
+    periods = sorted({period for _, period in cells})
     series = []
     for dag_id in sorted({dag for dag, _ in cells}):
         empty = {"saved": 0.0, "preemptions": 0, "runs": 0}
-        values = [cells.get((dag_id, day), empty) for day in days]
+        values = [cells.get((dag_id, period), empty) for period in periods]
         series.append({"dag_id": dag_id, "saved": [round(v["saved"], 6) for v in values],
                        "preemptions": [int(v["preemptions"]) for v in values],
                        "runs": [int(v["runs"]) for v in values]})
-    return {"days": days, "series": series}
+    return {"bucket": bucket, "days": periods, "series": series}
 
 
 def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:

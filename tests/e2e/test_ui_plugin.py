@@ -18,6 +18,8 @@ there) or the test's temporary directory.
 from __future__ import annotations
 
 import os
+import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,7 @@ from airflow_spot_training.core.contract import run_key
 from tests.e2e.airflow_cluster import ADMIN_PASSWORD, ADMIN_USER, AirflowCluster
 from tests.e2e.browser import chromium, sign_in, skip_without_chromium
 from tests.e2e.fab_api_server import FabApiServer
+from tests.ui_ledgers import T0, seed_command
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -246,3 +249,55 @@ def test_a_user_without_access_to_a_dag_sees_none_of_its_runs(fab: FabApiServer,
     assert get(f"/api/task-instance?dag_id=e2e_ui&run_id={ui}&task_id=train", live_only).status_code == 403
     assert get("/api/overview?dag_id=e2e_ui", live_only).status_code == 403
     assert get("/overview", live_only).status_code == 200  # the page itself holds no data
+
+
+SEEDED_DAGS = ["ui_seed_a", "ui_seed_b", "ui_seed_c"]
+SEEDED = 30  # run i of DAG SEEDED_DAGS[i % 3], run_after T0 + i * 6 h (tests/ui_ledgers.py)
+
+
+@pytest.fixture(scope="module")
+def seeded(airflow_cluster: AirflowCluster) -> requests.Session:
+    """Recorded ledgers of three more DAGs in the cluster's database; an admin session of the API."""
+    subprocess.run(seed_command(str(airflow_cluster.bin / "python"), count=SEEDED, first=0, dag_ids=SEEDED_DAGS),
+                   env=airflow_cluster.env, cwd=str(airflow_cluster.repo_root), check=True, timeout=300)
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {admin_token(airflow_cluster)}"
+    return session
+
+
+def test_overview_filters_and_pages(airflow_cluster: AirflowCluster, seeded: requests.Session):
+    def overview(**params) -> dict:
+        r = seeded.get(f"{airflow_cluster.base_url}{UI}/api/overview", params=params, timeout=60)
+        r.raise_for_status()
+        return r.json()
+
+    one_dag = overview(dag_id="ui_seed_a", limit=500)
+    assert one_dag["total_entries"] == SEEDED // 3 and {r["dag_id"] for r in one_dag["rows"]} == {"ui_seed_a"}
+    assert [r["run_after"] for r in one_dag["rows"]] == sorted((r["run_after"] for r in one_dag["rows"]),
+                                                               reverse=True)
+    assert one_dag["totals"]["task_instances"] == SEEDED // 3
+    assert sum(sum(s["runs"]) for s in one_dag["chart"]["series"]) == SEEDED // 3
+    assert one_dag["totals"]["preemptions"] == sum(r["preemptions"] for r in one_dag["rows"])
+
+    pages = [overview(dag_id="ui_seed_a", limit=4, offset=offset)["rows"] for offset in (0, 4, 8)]
+    assert [len(p) for p in pages] == [4, 4, 2] and sum(pages, []) == one_dag["rows"]
+
+    since, until = T0 + timedelta(days=1), T0 + timedelta(days=3)  # runs 4 to 11
+    window = overview(since=since.isoformat(), until=until.isoformat(), limit=500)
+    assert sorted(r["run_id"] for r in window["rows"]) == [f"scheduled__{i:06d}" for i in range(4, 12)]
+
+    assert overview(dag_id="ui_seed_b", outcome="succeeded")["total_entries"] == SEEDED // 3
+    assert overview(dag_id="ui_seed_b", outcome="failed")["total_entries"] == 0
+    everything = overview(limit=500)
+    assert set(SEEDED_DAGS) | {"e2e_ui"} <= set(everything["dag_ids"])
+
+    base = f"{airflow_cluster.base_url}{UI}/api"
+    assert seeded.get(f"{base}/overview", params={"limit": 501}, timeout=30).status_code == 422
+    missing = seeded.get(f"{base}/task-instance", params={"dag_id": "ui_seed_a", "run_id": "nope",
+                                                          "task_id": "train"}, timeout=30)
+    assert missing.status_code == 404
+    found = seeded.get(f"{base}/task-instance", params={"dag_id": "ui_seed_a", "run_id": "scheduled__000000",
+                                                        "task_id": "train"}, timeout=30).json()
+    row = next(r for r in one_dag["rows"] if r["run_id"] == "scheduled__000000")
+    assert found["found"] and found["preemptions"] == row["preemptions"]
+    assert found["saved"] == pytest.approx(row["saved"], abs=1e-6)

@@ -74,11 +74,12 @@
         const bar = svg("rect", { class: `chart-bar ${field}`, x: gx + i * barWidth, y: Math.min(y(v), y(0)),
           width: barWidth, height: Math.max(v === 0 ? 0 : 1, Math.abs(y(v) - y(0))), fill: PALETTE[i % PALETTE.length],
           "data-dag": s.dag_id, "data-day": day, "data-value": String(v) });
-        bar.append(svg("title", {}, `${s.dag_id}, ${day}: ${format(v)} (${s.runs[d]} task instance(s))`));
+        const period = chart.bucket === "week" ? `week of ${day}` : day;
+        bar.append(svg("title", {}, `${s.dag_id}, ${period}: ${format(v)} (${s.runs[d]} task instance(s))`));
         root.append(bar);
       });
       if (d % labelEvery === 0) {
-        root.append(svg("text", { x: margin.left + (d + 0.5) * groupWidth, y: height - margin.bottom + 16, "text-anchor": "middle" }, day.slice(5)));
+        root.append(svg("text", { x: margin.left + (d + 0.5) * groupWidth, y: height - margin.bottom + 16, "text-anchor": "middle" }, chart.bucket === "month" ? day : day.slice(5)));
       }
     });
     return root;
@@ -130,7 +131,7 @@
     }
     content.replaceChildren(
       totalsCards(data.totals),
-      el("h2", { text: "Savings and preemptions per day" }),
+      el("h2", { id: "chart-title", text: `Savings and preemptions per ${data.chart.bucket || "day"}` }),
       el("div", { class: "charts" },
         el("div", { class: "chart" }, barChart("chart-savings", "Saved vs on-demand (USD)", data.chart, "saved", usd)),
         el("div", { class: "chart" }, barChart("chart-preemptions", "Preemptions", data.chart, "preemptions", (v) => (Number.isInteger(v) ? String(v) : v.toFixed(1))))),

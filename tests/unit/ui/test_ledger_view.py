@@ -143,12 +143,24 @@ class TestOverview:
 
     def test_chart_per_dag_and_day(self):
         chart = savings_chart(self.rows())
-        assert chart["days"] == ["2026-05-28", "2026-05-29"]
+        assert chart["bucket"] == "day" and chart["days"] == ["2026-05-28", "2026-05-29"]
         assert [s["dag_id"] for s in chart["series"]] == ["a", "b"]
         a, b = chart["series"]
         assert a["preemptions"] == [2, 0] and b["preemptions"] == [0, 2]
         assert a["runs"] == [1, 1] and b["runs"] == [0, 1]
         assert a["saved"][1] == pytest.approx(0.7, abs=1e-5)
+
+    def test_long_histories_are_charted_per_week_or_month(self):
+        def rows(days: int) -> list[dict]:
+            return [{"dag_id": "a", "run_after": T0 + d * 86400, "saved": 1.0, "preemptions": 1}
+                    for d in range(days)]
+        weekly = savings_chart(rows(365))
+        assert weekly["bucket"] == "week" and len(weekly["days"]) == 53
+        assert weekly["days"][0] == "2026-05-25"  # the Monday of T0's week
+        assert sum(weekly["series"][0]["runs"]) == 365
+        monthly = savings_chart(rows(1000))
+        assert monthly["bucket"] == "month" and monthly["days"][:2] == ["2026-05", "2026-06"]
+        assert sum(monthly["series"][0]["preemptions"]) == 1000
 
     def test_totals(self):
         result = totals(self.rows())
