@@ -44,7 +44,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.airflow_cluster import PG, PG_ADMIN_DB, free_port  # noqa: E402
+from tests.e2e.airflow_cluster import PG, PG_ADMIN_DB, free_port, python_path  # noqa: E402
 from tests.e2e.browser import CHROMEDRIVER, CHROMIUM, chromium, sign_in  # noqa: E402
 from tests.ui_ledgers import seed_command  # noqa: E402
 
@@ -73,7 +73,7 @@ def environment(home: Path, db_name: str, port: int, password: str) -> dict[str,
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+        "PYTHONPATH": python_path(ROOT, os.environ.get("PYTHONPATH")),
         "NO_PROXY": "*",
     })
     (home / "passwords.json").write_text(json.dumps({"admin": password}))

@@ -30,7 +30,8 @@
   function checkpointCard(view) {
     const cp = view.checkpoint;
     const value = cp.step === null || cp.step === undefined ? "none yet" : `step ${cp.step}${cp.total ? ` / ${cp.total}` : ""}`;
-    const detail = cp.known_at ? `recorded ${duration(cp.age_seconds)} ago` : null;
+    let detail = null;
+    if (cp.known_at) detail = view.live ? `recorded ${duration(cp.age_seconds)} ago` : `recorded ${time(cp.known_at)}`;
     const node = card("checkpoint", "Last checkpoint", value, detail, cp.step);
     if (cp.fraction !== null && cp.fraction !== undefined) {
       node.append(el("div", { class: "progress" }, el("div", { style: `width:${Math.round(cp.fraction * 100)}%` })));
