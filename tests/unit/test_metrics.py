@@ -16,7 +16,7 @@ from airflow.sdk._shared.observability.metrics import stats
 from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
 from airflow.sdk.observability.metrics import stats_utils
 
-from airflow_spot_training.backends.local import LocalBackend, fixed_preemptions
+from airflow_spot_training.backends.local import LocalBackend, step_preemptions
 from airflow_spot_training.core.ledger import AttemptRecord, Escalation, RunLedger
 from airflow_spot_training.metrics import backend_name, ledger_changes
 from airflow_spot_training.operators.spot_training import SpotTrainingOperator
@@ -129,7 +129,7 @@ def parse(line: str) -> tuple[str, dict[str, str], str, str]:
 def test_the_operator_emits_through_airflows_statsd(tmp_path, statsd_listener):
     backend = LocalBackend(command=[sys.executable, "-c", TRAIN], env={"MARKS": str(tmp_path), "STEPS": "40"},
                            state_dir=str(tmp_path / "state"), notice_seconds=0.5,
-                           preemptions=fixed_preemptions([0.5]), spot_price_per_hour=0.3,
+                           preemptions=step_preemptions([10]), spot_price_per_hour=0.3,
                            on_demand_price_per_hour=1.0)
     operator = SpotTrainingOperator(task_id="train", backend=backend, checkpoint_prefix=str(tmp_path / "ck"),
                                     max_preemptions=1, poll_interval=0.05)
