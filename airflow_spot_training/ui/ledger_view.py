@@ -156,7 +156,7 @@ def _escalations(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _checkpoint(summary: dict[str, Any], attempts: list[dict[str, Any]], full: Any,
+def _checkpoint(summary: dict[str, Any], attempts: list[dict[str, Any]], raw_attempts: dict[int, dict[str, Any]],
                 now: float) -> dict[str, Any]:
     """Checkpoint progress, and when it was last known to the ledger.
 
@@ -167,10 +167,10 @@ def _checkpoint(summary: dict[str, Any], attempts: list[dict[str, Any]], full: A
     """
     step, total = summary.get("final_checkpoint_step"), summary.get("total_steps")
     known_at = None
-    for attempt, raw in zip(attempts, (full or {}).get("attempts") or [None] * len(attempts)):
+    for attempt in attempts:
         if attempt["checkpoint_step"] is None or attempt["checkpoint_step"] != step:
             continue
-        committed = _number(raw.get("checkpoint_committed_at")) if isinstance(raw, dict) else None
+        committed = _number(raw_attempts.get(attempt["number"], {}).get("checkpoint_committed_at"))
         candidate = committed or (attempt["end"] if not attempt["live"] else attempt["start"])
         if candidate is not None and (known_at is None or candidate < known_at):
             known_at = candidate  # the earliest record of the step: the commit is at least that old
@@ -238,7 +238,7 @@ def task_instance_view(full: Any, published: Any, *, now: float | None = None,
         "escalations": escalations,
         "deadline": deadline,
         "window": {"start": window_start, "end": max(window_end, window_start + 1.0)},
-        "checkpoint": _checkpoint(summary, attempts, full, now),
+        "checkpoint": _checkpoint(summary, attempts, raw_attempts, now),
         "recomputed_steps": int(summary.get("recomputed_steps") or 0),
         "tries": list(summary.get("tries") or []),
         "metrics": summary.get("metrics") if isinstance(summary.get("metrics"), dict) else

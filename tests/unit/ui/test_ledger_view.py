@@ -114,6 +114,18 @@ class TestTaskInstanceView:
         view = task_instance_view(full, published, now=T0, ti_state="queued")
         assert view["found"] is False and view["live"] is True
 
+    def test_junk_in_the_state_store_with_a_good_summary(self):
+        ledger = escalated_ledger()
+        for junk in ([1, 2], "text", {"attempts": [None, {"number": "x"}]}):
+            view = task_instance_view(junk, ledger.summary(), now=T0 + 4000)
+            assert view["found"] and len(view["attempts"]) == 4 and view["checkpoint"]["step"] == 100
+
+    def test_a_commit_time_is_used_when_a_ledger_has_one(self):
+        ledger = escalated_ledger()
+        full = ledger.to_dict()
+        full["attempts"][3]["checkpoint_committed_at"] = T0 + 3000
+        assert task_instance_view(full, None, now=T0 + 4000)["checkpoint"]["known_at"] == T0 + 3000
+
     def test_a_full_ledger_that_cannot_be_read_falls_back_to_the_summary(self):
         ledger = escalated_ledger()
         broken = ledger.to_dict()
