@@ -1,6 +1,7 @@
 """DAGs for the distributed end-to-end suite: tiny trainings on the local backend.
 
-Each DAG is one fault scenario of tests/e2e/test_distributed_faults.py. The workload
+Each DAG is one fault scenario of tests/e2e/test_distributed_faults.py, or a training the
+UI plugin's suite (tests/e2e/test_ui_plugin.py) looks at. The workload
 is airflow_spot_training.examples.tiny (a checkpointing loop, no PyTorch), polled
 every second, with short notice windows.
 """
