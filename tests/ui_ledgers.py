@@ -106,6 +106,10 @@ def seed(session: Any, *, count: int, dag_ids: list[str], first: int = 0, seed_v
             end_date=run_after + timedelta(hours=1), operator="SpotTrainingOperator",
         ))
         summary = ledger.summary()
+        for attempt in summary["attempts"]:  # links as backends record them (loopback: never fetched)
+            attempt["links"] = [{"name": "console", "url": f"http://127.0.0.1:9/console/{run_id}/{attempt['number']}"}]
+        if index == first:
+            summary["attempts"][0]["links"].append({"name": "bad", "url": "javascript:alert(1)"})
         session.execute(insert(XComModel.__table__).values(
             dag_run_id=run_pk, task_id=task_id, map_index=-1, key=XCOM_LEDGER_KEY, dag_id=dag_id, run_id=run_id,
             value=XComModel.serialize_value(summary), timestamp=run_after,

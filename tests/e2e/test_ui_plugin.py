@@ -301,3 +301,36 @@ def test_overview_filters_and_pages(airflow_cluster: AirflowCluster, seeded: req
     row = next(r for r in one_dag["rows"] if r["run_id"] == "scheduled__000000")
     assert found["found"] and found["preemptions"] == row["preemptions"]
     assert found["saved"] == pytest.approx(row["saved"], abs=1e-6)
+
+
+def test_links_leave_the_iframe(airflow_cluster: AirflowCluster, seeded: requests.Session, browser):
+    """Airflow's iframe sandbox allows no popups and no top navigation: an attempt's console
+    link opens a new window all the same (through the parent), an http(s) link only; the
+    overview's task link moves Airflow's whole UI to that task instance's tab."""
+    from selenium.webdriver.common.by import By
+
+    cluster = airflow_cluster
+    sign_in(browser, cluster.base_url, admin_token(cluster))
+    first = "scheduled__000000"
+    wait = in_plugin_frame(browser, f"{cluster.base_url}/dags/ui_seed_a/runs/{first}/tasks/train/{TAB}")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#attempts a.attempt-link"))
+    links = browser.find_elements(By.CSS_SELECTOR, "#attempts .attempt-link")
+    assert [link.tag_name for link in links[:2]] == ["a", "span"]  # the javascript: URL is not a link
+    assert links[0].get_attribute("href") == f"http://127.0.0.1:9/console/{first}/1"
+    windows = len(browser.window_handles)
+    links[0].click()
+    cluster.wait_until(lambda: len(browser.window_handles) == windows + 1, WAIT, "the console link's window")
+    for handle in browser.window_handles[windows:]:
+        browser.switch_to.window(handle)
+        browser.close()
+    browser.switch_to.window(browser.window_handles[0])
+
+    wait = in_plugin_frame(browser, f"{cluster.base_url}/plugin/spot-training")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#runs a.task-link"))
+    link = browser.find_element(By.CSS_SELECTOR, "#runs tr.run-row a.task-link")
+    row = link.find_element(By.XPATH, "./ancestor::tr")
+    run_id, dag_id = row.get_attribute("data-run"), row.get_attribute("data-dag")
+    link.click()
+    browser.switch_to.default_content()
+    cluster.wait_until(lambda: f"/dags/{dag_id}/runs/{run_id}/tasks/train/{TAB}" in browser.current_url, WAIT,
+                       "Airflow's UI to open the task instance's tab")

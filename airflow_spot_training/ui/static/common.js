@@ -86,8 +86,43 @@ const SpotUI = (() => {
       `/tasks/${encodeURIComponent(row.task_id)}${mapped}/plugin/spot-training-task-instance`;
   }
 
+  /** A link to another site (a cloud console, a log page): opened in a new tab, http(s) only.
+   *  Airflow's iframe sandbox has no allow-popups, so the new tab is opened by the parent
+   *  window (same origin) when the page is inside Airflow's UI. */
+  function externalLink(url, text, attributes = {}) {
+    let parsed = null;
+    try { parsed = new URL(url, window.location.href); } catch (e) { parsed = null; }
+    if (!parsed || !["http:", "https:"].includes(parsed.protocol)) return el("span", { ...attributes, text: `${text}: ${url}` });
+    const link = el("a", { ...attributes, href: parsed.href, rel: "noopener noreferrer", target: "_blank", text });
+    link.addEventListener("click", (event) => {
+      if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey) return;
+      const host = window.parent !== window ? window.parent : window;
+      event.preventDefault();
+      host.open(parsed.href, "_blank", "noopener,noreferrer");
+    });
+    return link;
+  }
+
+  /** A link to a page of Airflow's UI: navigates the whole UI, not the iframe. */
+  function airflowLink(path, text, attributes = {}) {
+    const link = el("a", { ...attributes, href: path, text });
+    link.addEventListener("click", (event) => {
+      if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey) return;
+      event.preventDefault();
+      try {
+        if (window.parent === window) throw new Error("not in Airflow's UI");
+        // Airflow's UI routes on the History API: push the path and tell its router.
+        window.parent.history.pushState({}, "", path);
+        window.parent.dispatchEvent(new PopStateEvent("popstate", { state: {} }));
+      } catch (e) {
+        window.location.href = path;
+      }
+    });
+    return link;
+  }
+
   const PALETTE = ["#3182ce", "#dd6b20", "#38a169", "#805ad5", "#d53f8c", "#319795", "#d69e2e", "#e53e3e"];
 
   return { usd, percent, duration, time, clockTime, fetchJson, el, svg, card, showMessage, taskInstanceHref,
-           PALETTE };
+           externalLink, airflowLink, PALETTE };
 })();

@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const { el, svg, card, usd, percent, duration, time, fetchJson, showMessage, taskInstanceHref, PALETTE } = SpotUI;
+  const { el, svg, card, usd, percent, time, fetchJson, showMessage, taskInstanceHref, airflowLink, PALETTE } = SpotUI;
   const PAGE = 50;
   const content = document.getElementById("content");
   const form = document.getElementById("filters");
@@ -97,7 +97,8 @@
     const head = el("tr", {}, ...headers.map((h) => el("th", { class: numeric.has(h) ? "num" : null, text: h })));
     const body = el("tbody");
     data.rows.forEach((row) => {
-      const task = el("a", { href: taskInstanceHref(row), target: "_top", text: row.map_index >= 0 ? `${row.task_id} [${row.map_index}]` : row.task_id });
+      const task = airflowLink(taskInstanceHref(row), row.map_index >= 0 ? `${row.task_id} [${row.map_index}]` : row.task_id,
+        { class: "task-link" });
       body.append(el("tr", { class: "run-row", "data-dag": row.dag_id, "data-run": row.run_id, "data-task": row.task_id },
         el("td", { text: row.dag_id }), el("td", { text: row.run_id }), el("td", {}, task),
         el("td", { text: time(row.run_after) }), el("td", { text: row.state || "–" }),

@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const { el, svg, card, usd, percent, duration, time, clockTime, fetchJson, showMessage } = SpotUI;
+  const { el, svg, card, usd, percent, duration, time, clockTime, fetchJson, showMessage, externalLink } = SpotUI;
   const POLL_MS = 5000;
   const params = new URLSearchParams(window.location.search);
   const mapIndex = Number.parseInt(params.get("map_index"), 10);
@@ -182,7 +182,7 @@
       const links = el("td");
       a.links.forEach((link, i) => {
         if (i) links.append(" · ");
-        links.append(el("a", { class: "attempt-link", href: link.url, target: "_blank", rel: "noopener noreferrer", text: link.name }));
+        links.append(externalLink(link.url, link.name, { class: "attempt-link" }));
       });
       const steps = a.start_step === null && a.checkpoint_step === null ? "–" : `${a.start_step ?? "–"} → ${a.checkpoint_step ?? "–"}`;
       body.append(el("tr", { class: "attempt-row", "data-attempt": a.number },
