@@ -70,6 +70,18 @@ def _ended(attempt: dict[str, Any] | None) -> bool:
     return attempt is not None and attempt.get("outcome") in FINAL_OUTCOMES
 
 
+def _ended_samples(attempt: dict[str, Any], capacity: str) -> list[MetricSample]:
+    """An attempt just ended: its outcome and, when it ran, its seconds on its capacity."""
+    outcome = str(attempt["outcome"])
+    if outcome == "capacity_unavailable":
+        return [MetricSample("incr", f"{PREFIX}.capacity_unavailable", 1, {"capacity": capacity})]
+    samples = [MetricSample("incr", f"{PREFIX}.attempt_ended", 1, {"capacity": capacity, "outcome": outcome})]
+    seconds = _attempt_seconds(attempt)
+    if seconds >= 1 and capacity in SECONDS_BY_CAPACITY:
+        samples.append(MetricSample("incr", SECONDS_BY_CAPACITY[capacity], int(round(seconds))))
+    return samples
+
+
 def _attempt_samples(before: dict[str, Any] | None, after: dict[str, Any]) -> list[MetricSample]:
     capacity = str(after.get("capacity") or "spot")
     samples = []
@@ -79,15 +91,7 @@ def _attempt_samples(before: dict[str, Any] | None, after: dict[str, Any]) -> li
     if gained > 0:
         samples.append(MetricSample("incr", f"{PREFIX}.preemptions", gained, {"capacity": capacity}))
     if _ended(after) and not _ended(before):
-        outcome = str(after["outcome"])
-        if outcome == "capacity_unavailable":
-            samples.append(MetricSample("incr", f"{PREFIX}.capacity_unavailable", 1, {"capacity": capacity}))
-        else:
-            samples.append(MetricSample("incr", f"{PREFIX}.attempt_ended", 1,
-                                        {"capacity": capacity, "outcome": outcome}))
-            seconds = _attempt_seconds(after)
-            if seconds >= 1 and capacity in SECONDS_BY_CAPACITY:
-                samples.append(MetricSample("incr", SECONDS_BY_CAPACITY[capacity], int(round(seconds))))
+        samples.extend(_ended_samples(after, capacity))
     return samples
 
 
@@ -99,16 +103,19 @@ def _attempt_seconds(attempt: dict[str, Any]) -> float:
     return max(0.0, end - begin)
 
 
+def _waits(ledger: dict[str, Any]) -> int:
+    return sum(1 for d in ledger.get("decisions") or [] if isinstance(d, dict) and d.get("action") == "wait")
+
+
 def _ledger_samples(previous: dict[str, Any], current: dict[str, Any]) -> list[MetricSample]:
     samples = []
     for escalation in (current.get("escalations") or [])[len(previous.get("escalations") or []):]:
         to = str(escalation.get("to") or "on_demand")
         samples.append(MetricSample("incr", f"{PREFIX}.escalations", 1,
                                     {"to": to, "reason": escalation_kind(escalation.get("reason"), to)}))
-    waits_before = sum(1 for d in previous.get("decisions") or [] if d.get("action") == "wait")
-    waits_now = sum(1 for d in current.get("decisions") or [] if d.get("action") == "wait")
-    if waits_now > waits_before:
-        samples.append(MetricSample("incr", f"{PREFIX}.capacity_waits", waits_now - waits_before))
+    new_waits = _waits(current) - _waits(previous)
+    if new_waits > 0:
+        samples.append(MetricSample("incr", f"{PREFIX}.capacity_waits", new_waits))
     waited = float(current.get("spot_wait_seconds") or 0.0) - float(previous.get("spot_wait_seconds") or 0.0)
     if waited >= 1:
         samples.append(MetricSample("incr", f"{PREFIX}.capacity_wait_seconds", int(round(waited))))

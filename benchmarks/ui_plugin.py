@@ -172,12 +172,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                env=env, check=True, cwd=str(ROOT))
                 seeded = size
                 figures = {**api_timings(base, token, args.repeat), **page_timings(driver, base, args.page_repeat)}
-                results["sizes"][str(size)] = figures
+                results["sizes"][str(size)] = {**figures, "load_average_1min": round(os.getloadavg()[0], 2)}
                 print_size(size, figures)
             if args.screenshot:
-                driver.set_window_size(1440, 1100)
+                from selenium.webdriver.common.by import By
+                from selenium.webdriver.support.ui import WebDriverWait
+
                 driver.get(f"{base}/spot-training/overview")
-                time.sleep(1)
+                WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#runs tr.run-row"))
                 driver.save_screenshot(args.screenshot)
     finally:
         if server is not None:
@@ -191,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_size(size: int, figures: dict[str, dict[str, float]]) -> None:
-    print(f"\n{size:,} recorded task instances", flush=True)
+    print(f"\n{size:,} recorded task instances (machine load average {os.getloadavg()[0]:.1f})", flush=True)
     for name, value in figures.items():
         print(f"  {name:<24} median {value['median_ms']:>8.1f} ms   p95 {value['p95_ms']:>8.1f} ms", flush=True)
 

@@ -108,26 +108,28 @@ def _attempt_view(summary_attempt: dict[str, Any], raw: dict[str, Any] | None, p
     }
 
 
+def _decision_waits(full: Any, attempts: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """Each "wait for spot" decision of the full ledger, until the next launch (or its planned end)."""
+    decisions = full.get("decisions") if isinstance(full, dict) else None
+    waits = [d for d in decisions if isinstance(d, dict) and d.get("action") == "wait"
+             and _number(d.get("at")) is not None] if isinstance(decisions, list) else []
+    starts = sorted(a["start"] for a in attempts if a["start"] is not None)
+    out = []
+    for decision in waits:
+        begin = float(decision["at"])
+        planned = begin + (_number(decision.get("wait_seconds")) or 0.0)
+        following = [s for s in starts if s > begin][:1]
+        end = min(planned, following[0] if following else now)
+        out.append({"start": begin, "end": max(begin, end), "reason": str(decision.get("reason") or ""),
+                    "kind": "wait"})
+    return out
+
+
 def _capacity_waits(full: Any, attempts: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
     """Intervals spent waiting for spot capacity, and launches refused for lack of it."""
-    waits: list[dict[str, Any]] = []
-    decisions = full.get("decisions") if isinstance(full, dict) else None
-    starts = sorted(a["start"] for a in attempts if a["start"] is not None)
-    for decision in decisions if isinstance(decisions, list) else []:
-        if not isinstance(decision, dict) or decision.get("action") != "wait":
-            continue
-        begin = _number(decision.get("at"))
-        if begin is None:
-            continue
-        planned = begin + (_number(decision.get("wait_seconds")) or 0.0)
-        following = [s for s in starts if s > begin]
-        end = min([planned, *following[:1]]) if following else min(planned, now)
-        waits.append({"start": begin, "end": max(begin, end), "reason": str(decision.get("reason") or ""),
-                      "kind": "wait"})
-    for attempt in attempts:
-        if attempt["outcome"] == "capacity_unavailable" and attempt["start"] is not None:
-            waits.append({"start": attempt["start"], "end": attempt["end"] or attempt["start"],
-                          "reason": attempt["reason"], "kind": "refused"})
+    refused = [{"start": a["start"], "end": a["end"] or a["start"], "reason": a["reason"], "kind": "refused"}
+               for a in attempts if a["outcome"] == "capacity_unavailable" and a["start"] is not None]
+    waits = _decision_waits(full, attempts, now) + refused
     return sorted(waits, key=lambda w: (w["start"], w["kind"] != "refused"))
 
 
@@ -213,15 +215,8 @@ def task_instance_view(full: Any, published: Any, *, now: float | None = None,
         _attempt_view(a, raw_attempts.get(a.get("number")), published_attempts.get(a.get("number")), now)
         for a in summary.get("attempts") or [] if isinstance(a, dict)
     ]
-    capacity_seconds = {k: float(v) for k, v in (summary.get("capacity_seconds") or {}).items()
-                        if _number(v) is not None}
     escalations = _escalations(summary)
     waits = _capacity_waits(full, attempts, now)
-    deadline = _number(summary.get("deadline"))
-    times = [t for a in attempts for t in (a["start"], a["end"]) if t is not None]
-    times += [w["end"] for w in waits] + [e["at"] for e in escalations if e["at"] is not None]
-    window_start = min(times) if times else now
-    window_end = max(times) if times else now  # the deadline is drawn when it is near (the page decides)
     return {
         "found": True,
         "now": now,
@@ -236,16 +231,36 @@ def task_instance_view(full: Any, published: Any, *, now: float | None = None,
         "capacity_waits": waits,
         "spot_wait_seconds": _number(summary.get("spot_wait_seconds")) or 0.0,
         "escalations": escalations,
-        "deadline": deadline,
-        "window": {"start": window_start, "end": max(window_end, window_start + 1.0)},
+        "deadline": _number(summary.get("deadline")),
+        "window": _window(attempts, waits, escalations, now),
         "checkpoint": _checkpoint(summary, attempts, raw_attempts, now),
         "recomputed_steps": int(summary.get("recomputed_steps") or 0),
         "tries": list(summary.get("tries") or []),
-        "metrics": summary.get("metrics") if isinstance(summary.get("metrics"), dict) else
-        (published.get("metrics") if isinstance(published, dict) and isinstance(published.get("metrics"), dict)
-         else {}),
-        **_money(summary, capacity_seconds),
+        "metrics": _training_metrics(summary, published),
+        **_money(summary, _capacity_seconds(summary)),
     }
+
+
+def _capacity_seconds(summary: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in (summary.get("capacity_seconds") or {}).items() if _number(v) is not None}
+
+
+def _window(attempts: list[dict[str, Any]], waits: list[dict[str, Any]], escalations: list[dict[str, Any]],
+            now: float) -> dict[str, float]:
+    """The time axis: from the first to the last thing drawn (the page adds the deadline when near)."""
+    times = [t for a in attempts for t in (a["start"], a["end"]) if t is not None]
+    times += [w["end"] for w in waits] + [e["at"] for e in escalations if e["at"] is not None]
+    start, end = (min(times), max(times)) if times else (now, now)
+    return {"start": start, "end": max(end, start + 1.0)}
+
+
+def _training_metrics(summary: dict[str, Any], published: Any) -> dict[str, Any]:
+    """What the training itself reported (on success), from whichever copy has it."""
+    for source in (summary, published):
+        metrics = source.get("metrics") if isinstance(source, dict) else None
+        if isinstance(metrics, dict):
+            return metrics
+    return {}
 
 
 def overview_row(published: Any) -> dict[str, Any] | None:
@@ -253,8 +268,6 @@ def overview_row(published: Any) -> dict[str, Any] | None:
     summary = decoded(published)
     if not is_ledger_summary(summary):
         return None
-    capacity_seconds = {k: float(v) for k, v in (summary.get("capacity_seconds") or {}).items()
-                        if _number(v) is not None}
     escalations = _escalations(summary)
     attempts = [a for a in summary["attempts"] if isinstance(a, dict)]
     return {
@@ -266,7 +279,7 @@ def overview_row(published: Any) -> dict[str, Any] | None:
         "on_demand_attempts": sum(1 for a in attempts if a.get("capacity") == ON_DEMAND),
         "final_checkpoint_step": summary.get("final_checkpoint_step"),
         "total_steps": summary.get("total_steps"),
-        **_money(summary, capacity_seconds),
+        **_money(summary, _capacity_seconds(summary)),
     }
 
 
