@@ -28,7 +28,7 @@ from airflow_spot_training.operators.spot_training import LEDGER_KEY, XCOM_LEDGE
 
 BUNDLE = "spot-ui-synthetic"  # a bundle of its own: no DAG processor owns these DAGs
 T0 = datetime(2026, 10, 1, tzinfo=timezone.utc)
-RUN_SPACING = timedelta(hours=6)  # run ``i`` of a seed has run_after T0 + i * RUN_SPACING
+RUN_SPACING = timedelta(hours=1)  # run ``i`` of a seed has run_after T0 + i * RUN_SPACING
 
 # Seeds a database from the environment's Airflow configuration: count, first index, DAG ids.
 SEED_SCRIPT = """

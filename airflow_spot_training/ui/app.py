@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
 from airflow.api_fastapi.app import get_auth_manager
@@ -106,8 +106,9 @@ class FiguresCache:
         self._entries: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def figures(self, session: Any, rows: list[ledger_store.LedgerRow]) -> list[dict[str, Any] | None]:
-        """Each row's figures (None when its XCom is not a spot-training ledger, or just changed)."""
+    def figures(self, session: Any, rows: list[ledger_store.LedgerRow]) -> tuple[list[dict[str, Any] | None], int]:
+        """Each row's figures (None when its XCom is not a spot-training ledger, or just changed),
+        and how many ledgers had to be read from the database for them."""
         with self._lock:
             missing = [r for r in rows if r.ledger_key not in self._entries]
         read = ledger_store.published_ledgers(session, missing) if missing else {}
@@ -122,17 +123,19 @@ class FiguresCache:
                 out.append(figures if figures is not self.NOT_A_LEDGER else None)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
-        return out
+        return out, len(read)
 
 
 FIGURES = FiguresCache()
 
 
 def _matching(session: Any, rows: list[ledger_store.LedgerRow],
-              outcome: str | None) -> list[tuple[ledger_store.LedgerRow, dict[str, Any]]]:
-    """The rows whose XCom is a spot-training ledger (with that outcome), with their figures."""
-    return [(row, figures) for row, figures in zip(rows, FIGURES.figures(session, rows))
-            if figures is not None and (not outcome or figures["outcome"] == outcome)]
+              outcome: str | None) -> tuple[list[tuple[ledger_store.LedgerRow, dict[str, Any]]], int]:
+    """The rows whose XCom is a spot-training ledger (with that outcome), with their figures;
+    and how many ledgers were read from the database."""
+    figures, read = FIGURES.figures(session, rows)
+    return [(row, f) for row, f in zip(rows, figures)
+            if f is not None and (not outcome or f["outcome"] == outcome)], read
 
 
 def _table_row(row: ledger_store.LedgerRow, figures: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +146,7 @@ def _table_row(row: ledger_store.LedgerRow, figures: dict[str, Any]) -> dict[str
 def overview_data(
     session: SessionDep,
     user: GetUserDep,
+    response: Response,
     dag_id: str | None = None,
     outcome: str | None = None,
     since: datetime | None = None,
@@ -158,10 +162,14 @@ def overview_data(
     :param until: only runs whose ``run_after`` is before this time (ISO 8601).
     :param offset: the first row of the table page.
     :param limit: rows in the table page (totals and chart cover every matching row).
+
+    The response header ``X-Spot-Training-Ledgers-Read`` says how many ledgers had to be read
+    from the database (the others' figures were known from an earlier request).
     """
     readable = get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
     rows = ledger_store.ledger_rows(session, readable_dag_ids=readable, dag_id=dag_id, since=since, until=until)
-    matching = _matching(session, rows, outcome)
+    matching, read = _matching(session, rows, outcome)
+    response.headers["X-Spot-Training-Ledgers-Read"] = str(read)
     figures = [f for _, f in matching]
     timeline = [{"dag_id": row.dag_id, "run_after": _epoch(row.run_after), "saved": f["saved"],
                  "preemptions": f["preemptions"]} for row, f in matching]

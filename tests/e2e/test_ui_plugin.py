@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from airflow_spot_training.core.contract import run_key
 from tests.e2e.airflow_cluster import ADMIN_PASSWORD, ADMIN_USER, AirflowCluster
 from tests.e2e.browser import chromium, sign_in, skip_without_chromium
 from tests.e2e.fab_api_server import FabApiServer
-from tests.ui_ledgers import T0, seed_command
+from tests.ui_ledgers import RUN_SPACING, T0, seed_command
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -143,7 +142,7 @@ const rows = [...document.querySelectorAll('#runs tr.run-row')].map((r) => ({
   dag: r.dataset.dag, run: r.dataset.run, preemptions: r.querySelector('.preemptions').textContent,
   escalations: r.querySelector('.escalations').textContent, outcome: r.querySelector('.outcome').textContent,
   saved: r.querySelector('.saved').textContent}));
-const bars = (chart) => [...document.querySelectorAll(`#${chart} rect.chart-bar`)].map((b) => ({
+const bars = (chart) => [...document.querySelectorAll(`#${chart} .chart-point`)].map((b) => ({
   dag: b.dataset.dag, value: Number(b.dataset.value)}));
 return {rows, saved: bars('chart-savings'), preemptions: bars('chart-preemptions')};
 """
@@ -252,7 +251,7 @@ def test_a_user_without_access_to_a_dag_sees_none_of_its_runs(fab: FabApiServer,
 
 
 SEEDED_DAGS = ["ui_seed_a", "ui_seed_b", "ui_seed_c"]
-SEEDED = 30  # run i of DAG SEEDED_DAGS[i % 3], run_after T0 + i * 6 h (tests/ui_ledgers.py)
+SEEDED = 30  # run i of DAG SEEDED_DAGS[i % 3], run_after T0 + i * RUN_SPACING (tests/ui_ledgers.py)
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +281,7 @@ def test_overview_filters_and_pages(airflow_cluster: AirflowCluster, seeded: req
     pages = [overview(dag_id="ui_seed_a", limit=4, offset=offset)["rows"] for offset in (0, 4, 8)]
     assert [len(p) for p in pages] == [4, 4, 2] and sum(pages, []) == one_dag["rows"]
 
-    since, until = T0 + timedelta(days=1), T0 + timedelta(days=3)  # runs 4 to 11
+    since, until = T0 + 4 * RUN_SPACING, T0 + 12 * RUN_SPACING  # runs 4 to 11
     window = overview(since=since.isoformat(), until=until.isoformat(), limit=500)
     assert sorted(r["run_id"] for r in window["rows"]) == [f"scheduled__{i:06d}" for i in range(4, 12)]
 

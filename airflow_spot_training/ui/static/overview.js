@@ -41,46 +41,49 @@
       card("total-spot-share", "Spot share", percent(totals.spot_share), null, totals.spot_share));
   }
 
-  /** Grouped bars: one group per day, one bar per DAG. */
-  function barChart(id, title, chart, field, format) {
-    const width = 520;
-    const height = 220;
-    const margin = { top: 24, right: 10, bottom: 34, left: 64 };
+  /** One line per DAG over the chart's periods (days, weeks or months), a point per period. */
+  function lineChart(id, title, chart, field, format) {
+    const width = 560;
+    const height = 230;
+    const margin = { top: 24, right: 14, bottom: 34, left: 66 };
     const root = svg("svg", { id, width: "100%", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title });
     root.append(svg("text", { x: margin.left, y: 14 }, title));
-    const days = chart.days;
-    const series = chart.series;
-    if (!days.length) {
+    const periods = chart.days;
+    if (!periods.length) {
       root.append(svg("text", { x: width / 2, y: height / 2, "text-anchor": "middle" }, "no runs"));
       return root;
     }
-    const values = series.flatMap((s) => s[field]);
+    const values = chart.series.flatMap((s) => s[field]);
     const max = Math.max(0, ...values);
     const min = Math.min(0, ...values);
+    const plotWidth = width - margin.left - margin.right;
     const plotHeight = height - margin.top - margin.bottom;
+    const x = (i) => margin.left + (periods.length === 1 ? plotWidth / 2 : (i / (periods.length - 1)) * plotWidth);
     const y = (v) => margin.top + ((max - v) / (max - min || 1)) * plotHeight;
-    const groupWidth = (width - margin.left - margin.right) / days.length;
-    const barWidth = Math.max(1, Math.min(36, (groupWidth * 0.8) / series.length));
-    const groupPad = (groupWidth - barWidth * series.length) / 2;
     [min, (min + max) / 2, max].forEach((v) => {
       root.append(svg("line", { class: "grid", x1: margin.left, x2: width - margin.right, y1: y(v), y2: y(v) }));
       root.append(svg("text", { x: margin.left - 6, y: y(v) + 4, "text-anchor": "end" }, format(v)));
     });
-    const labelEvery = Math.ceil(days.length / 8);
-    days.forEach((day, d) => {
-      const gx = margin.left + d * groupWidth + groupPad;
-      series.forEach((s, i) => {
-        const v = s[field][d];
-        const bar = svg("rect", { class: `chart-bar ${field}`, x: gx + i * barWidth, y: Math.min(y(v), y(0)),
-          width: barWidth, height: Math.max(v === 0 ? 0 : 1, Math.abs(y(v) - y(0))), fill: PALETTE[i % PALETTE.length],
-          "data-dag": s.dag_id, "data-day": day, "data-value": String(v) });
-        const period = chart.bucket === "week" ? `week of ${day}` : day;
-        bar.append(svg("title", {}, `${s.dag_id}, ${period}: ${format(v)} (${s.runs[d]} task instance(s))`));
-        root.append(bar);
-      });
-      if (d % labelEvery === 0) {
-        root.append(svg("text", { x: margin.left + (d + 0.5) * groupWidth, y: height - margin.bottom + 16, "text-anchor": "middle" }, chart.bucket === "month" ? day : day.slice(5)));
+    const labelEvery = Math.ceil(periods.length / 7);
+    periods.forEach((period, i) => {
+      if (i % labelEvery === 0) {
+        root.append(svg("text", { x: x(i), y: height - margin.bottom + 16, "text-anchor": "middle" },
+          chart.bucket === "month" ? period : period.slice(5)));
       }
+    });
+    const dots = periods.length <= 60;
+    chart.series.forEach((s, k) => {
+      const color = PALETTE[k % PALETTE.length];
+      const points = s[field].map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
+      root.append(svg("polyline", { class: "chart-line", points, fill: "none", stroke: color, "stroke-width": 2,
+        "data-dag": s.dag_id }));
+      s[field].forEach((v, i) => {
+        const point = svg("circle", { class: "chart-point", cx: x(i), cy: y(v), r: dots ? 3 : 1.5, fill: color,
+          "data-dag": s.dag_id, "data-day": periods[i], "data-value": String(v) });
+        const period = chart.bucket === "week" ? `week of ${periods[i]}` : periods[i];
+        point.append(svg("title", {}, `${s.dag_id}, ${period}: ${format(v)} (${s.runs[i]} task instance(s))`));
+        root.append(point);
+      });
     });
     return root;
   }
@@ -134,8 +137,8 @@
       totalsCards(data.totals),
       el("h2", { id: "chart-title", text: `Savings and preemptions per ${data.chart.bucket || "day"}` }),
       el("div", { class: "charts" },
-        el("div", { class: "chart" }, barChart("chart-savings", "Saved vs on-demand (USD)", data.chart, "saved", usd)),
-        el("div", { class: "chart" }, barChart("chart-preemptions", "Preemptions", data.chart, "preemptions", (v) => (Number.isInteger(v) ? String(v) : v.toFixed(1))))),
+        el("div", { class: "chart" }, lineChart("chart-savings", "Saved vs on-demand (USD)", data.chart, "saved", usd)),
+        el("div", { class: "chart" }, lineChart("chart-preemptions", "Preemptions", data.chart, "preemptions", (v) => (Number.isInteger(v) ? String(v) : v.toFixed(1))))),
       chartLegend(data.chart),
       el("h2", { text: "Task instances" }),
       table(data));
