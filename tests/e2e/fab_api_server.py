@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import requests
