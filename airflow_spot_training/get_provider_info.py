@@ -18,6 +18,7 @@ def get_provider_info() -> dict[str, Any]:
             "airflow_spot_training.links.spot_training.CheckpointLink",
             "airflow_spot_training.links.spot_training.AttemptPageLink",
         ],
+        "plugins": [{"name": "spot_training", "plugin-class": "airflow_spot_training.ui.plugin.SpotTrainingPlugin"}],
         "config": {
             "spot_training": {
                 "description": "Defaults for spot-training operators.",

@@ -33,3 +33,16 @@ if ! command -v docker-compose >/dev/null 2>&1; then
     echo "note: docker-compose is not installed and this is not root; the compose validation test will be skipped" >&2
   fi
 fi
+
+# The UI plugin's browser tests drive Debian's Chromium through its ChromeDriver (a browser
+# download of Playwright's or Selenium's own cannot work offline). Installed only when
+# missing and we may (root, apt-get); without them those tests are skipped and say why.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing Debian's chromium and chromium-driver (for the UI plugin's browser tests)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+      || echo "warning: could not install chromium; the UI browser tests will be skipped" >&2
+  else
+    echo "note: chromium / chromium-driver are not installed and this is not root; the UI browser tests will be skipped" >&2
+  fi
+fi

@@ -75,6 +75,7 @@ from airflow_spot_training.core.policy import (
     serialize_policy,
 )
 from airflow_spot_training.links.spot_training import AttemptPageLink, CheckpointLink, attempt_page_links
+from airflow_spot_training.metrics import emit_ledger_changes
 from airflow_spot_training.runtime.checkpoint import CheckpointError, CheckpointManager
 from airflow_spot_training.runtime.results import read_metrics, read_progress
 from airflow_spot_training.triggers.spot_training import SpotTrainingTrigger
@@ -415,8 +416,10 @@ class SpotTrainingOperator(BaseOperator):
         return ledger
 
     def _save(self, context: Context, ledger: RunLedger) -> None:
+        previous = self._store(context).get(LEDGER_KEY)
         self._store(context).set(LEDGER_KEY, ledger.to_dict())
         context["ti"].xcom_push(key=XCOM_LEDGER_KEY, value=ledger.summary())
+        emit_ledger_changes(previous, ledger, ti=context["ti"], backend=self.backend)
 
     def _open_ledger(self, context: Context) -> RunLedger:
         ti = context["ti"]

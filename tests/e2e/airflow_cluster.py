@@ -4,7 +4,7 @@ The topology of ``docker-compose.yaml``: the running PostgreSQL as metadata DB (
 database created for the cluster and dropped at teardown), Redis as Celery broker
 (a Redis db number of its own), scheduler, dag-processor, two triggerers, one Celery
 worker and the api-server, each a process of its own in its own session, started
-from this repository's venv with ``PYTHONPATH`` set to the repository root.
+from this repository's venv importing this repository's code (see :func:`python_path`).
 
 The environment is the compose file's ``x-airflow-common`` environment; only what
 differs between containers and one machine is overridden (:data:`OVERRIDDEN`):
@@ -38,6 +38,7 @@ import sys
 import time
 import uuid
 from contextlib import closing
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -87,6 +88,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def installed_from(repo_root: Path) -> bool:
+    """Whether the installed ``airflow-spot-training`` is an editable install of ``repo_root``."""
+    for dist in metadata.distributions(name="airflow-spot-training"):
+        info = json.loads(dist.read_text("direct_url.json") or "{}")
+        url = info.get("url", "")
+        if info.get("dir_info", {}).get("editable") and url.startswith("file://") \
+                and Path(url[len("file://"):]).resolve() == Path(repo_root).resolve():
+            return True
+    return False
+
+
+def python_path(repo_root: Path, inherited: str | None) -> str:
+    """``PYTHONPATH`` for Airflow processes that must import ``repo_root``'s package.
+
+    A worktree goes first, so its code wins over the shared editable install. An editable
+    install of this very tree imports it already, and putting the tree on ``sys.path`` too
+    would make the egg-info setuptools leaves there a second distribution: Airflow's plugin
+    loader, which does not deduplicate entry points, would register the UI plugin twice.
+    """
+    root = Path(repo_root).resolve()
+    entries = [p for p in (inherited or "").split(os.pathsep) if p]
+    if installed_from(root):
+        return os.pathsep.join(p for p in entries if Path(p).resolve() != root)
+    return os.pathsep.join([str(root), *entries])
+
+
 def compose_environment(compose_file: Path) -> dict[str, str]:
     """The ``x-airflow-common`` environment of the compose file, interpolated with defaults."""
     data = yaml.safe_load(compose_file.read_text())
@@ -106,7 +133,7 @@ class AirflowCluster:
     """Start, drive and stop a distributed Airflow made of real local processes.
 
     :param repo_root: the repository (its ``docker-compose.yaml`` gives the environment;
-        it goes first on every process's ``PYTHONPATH``).
+        it is what every process imports, see :func:`python_path`).
     :param work_dir: an empty directory for AIRFLOW_HOME, logs, checkpoints and attempts.
     :param dags_folder: the DAGs the cluster runs.
     :param extra_env: more environment variables for every process (test hooks).
@@ -183,7 +210,7 @@ class AirflowCluster:
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            "PYTHONPATH": os.pathsep.join(p for p in (str(self.repo_root), env.get("PYTHONPATH")) if p),
+            "PYTHONPATH": python_path(self.repo_root, env.get("PYTHONPATH")),
             "PYTHONUNBUFFERED": "1",
             "NO_PROXY": "*",
             **extra_env,

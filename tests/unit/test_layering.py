@@ -24,7 +24,7 @@ def test_core_and_simulator_are_pure():
         "airflow_spot_training.core.policy", "airflow_spot_training.core.policies",
         "airflow_spot_training.core.ledger", "airflow_spot_training.core.contract",
         "airflow_spot_training.core.checkpoint_protocol", "airflow_spot_training.core.deadline",
-        "airflow_spot_training.simulate",
+        "airflow_spot_training.core.reasons", "airflow_spot_training.simulate",
     ])
     assert result.returncode == 0, result.stderr
 
@@ -41,3 +41,8 @@ def test_no_core_module_names_airflow():
     for path in (ROOT / "airflow_spot_training" / "core").rglob("*.py"):
         text = path.read_text()
         assert "import airflow\n" not in text and "from airflow." not in text, path
+
+
+def test_what_the_ui_draws_is_computed_without_airflow():
+    result = _import_with_blocked(["airflow_spot_training.ui.ledger_view"])
+    assert result.returncode == 0, result.stderr

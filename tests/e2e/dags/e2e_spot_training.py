@@ -1,6 +1,7 @@
 """DAGs for the distributed end-to-end suite: tiny trainings on the local backend.
 
-Each DAG is one fault scenario of tests/e2e/test_distributed_faults.py. The workload
+Each DAG is one fault scenario of tests/e2e/test_distributed_faults.py, or a training the
+UI plugin's suite (tests/e2e/test_ui_plugin.py) looks at. The workload
 is airflow_spot_training.examples.tiny (a checkpointing loop, no PyTorch), polled
 every second, with short notice windows.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 import pendulum
 from airflow.sdk import DAG
 
-from airflow_spot_training.backends.local import LocalBackend, fixed_preemptions
+from airflow_spot_training.backends.local import LocalBackend, fixed_preemptions, step_preemptions
 from airflow_spot_training.operators.spot_training import SpotTrainingOperator
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
@@ -97,3 +98,14 @@ with _dag("e2e_scheduler_restart"):
     for i in range(SCHEDULER_TASKS):
         _train(f"train_{i:02d}", LocalBackend(tiny(40, 0.25, 5), preemptions=fixed_preemptions([6]),
                                               notice_seconds=1), max_preemptions=3)
+
+# The UI suite (tests/e2e/test_ui_plugin.py): reclaimed at steps 10 and 20 on spot, then
+# escalated to on-demand by max_preemptions=2; prices so the view has cost and savings.
+UI_PRICES = {"spot_price_per_hour": 0.3, "on_demand_price_per_hour": 1.0}
+with _dag("e2e_ui"):
+    _train("train", LocalBackend(tiny(30, 0.2, 5), preemptions=step_preemptions([10, 20]), notice_seconds=1,
+                                 **UI_PRICES), max_preemptions=2)
+
+# The UI suite watches this one while it runs (and reclaims it by hand), then marks it failed.
+with _dag("e2e_ui_live"):
+    _train("train", LocalBackend(tiny(2000, 0.25, 5), notice_seconds=1, **UI_PRICES), max_preemptions=3)
