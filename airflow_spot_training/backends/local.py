@@ -49,6 +49,7 @@ from airflow_spot_training.backends.base import (
     SpotBackend,
     SpotCapacityUnavailable,
 )
+from airflow_spot_training.core.folder_sync import LOCAL_CHECKPOINT_DIR_NAME, FolderSync, FolderSyncConfigError
 from airflow_spot_training.core.policy import Capacity
 
 STATUS_FILE = "status.json"
@@ -57,16 +58,27 @@ LOG_FILE = "training.log"
 
 
 # -- preemption schedules ----------------------------------------------------------------
-def fixed_preemptions(after_seconds: list[float | None]) -> dict[str, Any]:
-    """Spot attempt N is preempted ``after_seconds[N-1]`` seconds after it starts (``None``: never)."""
-    return {"kind": "fixed", "after_seconds": list(after_seconds)}
+def fixed_preemptions(after_seconds: list[float | None],
+                      notice_seconds: list[float | None] | None = None) -> dict[str, Any]:
+    """Spot attempt N is preempted ``after_seconds[N-1]`` seconds after it starts (``None``: never).
+
+    ``notice_seconds[N-1]``, when given and not ``None``, replaces the backend's
+    ``notice_seconds`` for that attempt (``0``: a hard kill with no notice at all)."""
+    return _with_notices({"kind": "fixed", "after_seconds": list(after_seconds)}, notice_seconds)
 
 
-def step_preemptions(at_steps: list[int | None]) -> dict[str, Any]:
+def step_preemptions(at_steps: list[int | None], notice_seconds: list[float | None] | None = None) -> dict[str, Any]:
     """Spot attempt N is reclaimed once the training has committed a checkpoint at step
     ``at_steps[N-1]`` or later (``None``: never). Reproducible whatever the machine's speed,
-    which makes it the schedule for demos and tests."""
-    return {"kind": "steps", "at_steps": list(at_steps)}
+    which makes it the schedule for demos and tests. ``notice_seconds``: as in
+    :func:`fixed_preemptions`."""
+    return _with_notices({"kind": "steps", "at_steps": list(at_steps)}, notice_seconds)
+
+
+def _with_notices(schedule: dict[str, Any], notice_seconds: list[float | None] | None) -> dict[str, Any]:
+    if notice_seconds is not None:
+        schedule["notice_seconds"] = list(notice_seconds)
+    return schedule
 
 
 def random_preemptions(per_hour: float, seed: int = 0) -> dict[str, Any]:
@@ -87,6 +99,9 @@ def _validate_schedule(schedule: dict[str, Any] | None) -> None:
             f"preemptions={schedule!r} is not a schedule: build one with fixed_preemptions([...]), "
             "step_preemptions([...]), random_preemptions(per_hour, seed) or trace_preemptions(path)."
         )
+    for v in schedule.get("notice_seconds") or []:
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+            raise BackendConfigError(f"preemptions: notice_seconds must be non-negative numbers or None, got {v!r}")
     kind = schedule["kind"]
     if kind == "fixed":
         for v in schedule.get("after_seconds", []):
@@ -123,11 +138,16 @@ class LocalBackend(SpotBackend):
     :param preemptions: a schedule from :func:`fixed_preemptions`, :func:`step_preemptions`,
         :func:`random_preemptions` or :func:`trace_preemptions`; ``None`` never preempts.
     :param notice_seconds: seconds between the notice (SIGTERM) and the hard kill
-        (AWS gives 120, GCP 30; short values keep demos quick).
+        (AWS gives 120, GCP 30; short values keep demos quick); ``0``: a hard kill with
+        no notice. A schedule's own ``notice_seconds`` list overrides it per attempt.
     :param state_dir: where attempt directories live (default: ``[spot_training]
         local_state_dir``, else ``$AIRFLOW_HOME/spot_training``).
     :param spot_price_per_hour: price used for cost estimates of spot attempts.
     :param on_demand_price_per_hour: price used for on-demand attempts and savings.
+    :param checkpoint_sync: run the training under the synced checkpoint folder
+        (:mod:`airflow_spot_training.runtime.folder_sync`): ``True`` for the defaults, a dict
+        of :class:`~airflow_spot_training.core.folder_sync.FolderSync` settings, or an instance.
+        The folder is ``<attempt directory>/checkpoint`` unless ``local_dir`` is set.
     """
 
     kind = "local"
@@ -144,6 +164,7 @@ class LocalBackend(SpotBackend):
         state_dir: str | None = None,
         spot_price_per_hour: float | None = None,
         on_demand_price_per_hour: float | None = None,
+        checkpoint_sync: FolderSync | dict[str, Any] | bool | None = None,
     ) -> None:
         self.command = list(command) if isinstance(command, (list, tuple)) else command
         self.env = dict(env or {})
@@ -153,6 +174,10 @@ class LocalBackend(SpotBackend):
         self.state_dir = state_dir
         self.spot_price_per_hour = spot_price_per_hour
         self.on_demand_price_per_hour = on_demand_price_per_hour
+        try:
+            self.checkpoint_sync = FolderSync.from_value(checkpoint_sync)
+        except FolderSyncConfigError as e:
+            raise BackendConfigError(str(e)) from e
         self.validate()
 
     def serialize_kwargs(self) -> dict[str, Any]:
@@ -165,6 +190,7 @@ class LocalBackend(SpotBackend):
             "state_dir": self.state_dir,
             "spot_price_per_hour": self.spot_price_per_hour,
             "on_demand_price_per_hour": self.on_demand_price_per_hour,
+            "checkpoint_sync": self.checkpoint_sync.to_dict() if self.checkpoint_sync else None,
         }
 
     def validate(self) -> None:
@@ -228,6 +254,11 @@ class LocalBackend(SpotBackend):
                 return epoch + (i0 + k - int(s.get("offset", 0))) * sps
         return None
 
+    def _notice_seconds(self, request: LaunchRequest) -> float:
+        notices = (self.preemptions or {}).get("notice_seconds") or []
+        idx = request.attempt - 1
+        return float(notices[idx]) if idx < len(notices) and notices[idx] is not None else float(self.notice_seconds)
+
     def _preempt_at_step(self, request: LaunchRequest) -> int | None:
         s = self.preemptions
         if request.capacity is not Capacity.SPOT or not s or s["kind"] != "steps":
@@ -256,12 +287,13 @@ class LocalBackend(SpotBackend):
             env = {**os.environ, **self.env, **request.contract.to_env()}
             spec = {
                 "preempt_at_step": self._preempt_at_step(request),
-                "command": self.command,
+                "command": self.command if self.checkpoint_sync is None else self.checkpoint_sync.wrap(
+                    self.command, python=sys.executable, default_dir=str(attempt_dir / LOCAL_CHECKPOINT_DIR_NAME)),
                 "capacity": request.capacity.value,
                 "env": env,
                 "cwd": self.cwd,
                 "preempt_at": preempt_at,
-                "notice_seconds": self.notice_seconds,
+                "notice_seconds": self._notice_seconds(request),
             }
             (attempt_dir / "spec.json").write_text(json.dumps(spec))
             with open(attempt_dir / "supervisor.log", "ab") as out:

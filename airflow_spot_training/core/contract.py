@@ -18,6 +18,9 @@ CAPACITY = "SPOT_TRAINING_CAPACITY"
 PREEMPTIONS = "SPOT_TRAINING_PREEMPTIONS"
 RUN_KEY = "SPOT_TRAINING_RUN_KEY"
 RESULT_URI = "SPOT_TRAINING_RESULT_URI"
+#: set by the folder-sync wrapper (not by backends): the local folder a training that
+#: only knows local files writes its checkpoints into; the wrapper syncs it with the prefix
+CHECKPOINT_DIR = "SPOT_TRAINING_CHECKPOINT_DIR"
 
 ALL = (CHECKPOINT_URI, ATTEMPT, CAPACITY, PREEMPTIONS, RUN_KEY, RESULT_URI)
 
