@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -85,15 +86,32 @@ def mark_finished(folder: str, entry: str, *, step: int, total_steps: int | None
     """
     if "/" in entry or entry.startswith("."):
         raise ValueError(f"{entry!r} is not a top-level checkpoint name")
-    path = os.path.join(folder, FINISHED_DIR, f"{entry}.json")
+    path = marker_path(folder, entry)
     _atomic_write_json(path, {"entry": entry, "step": int(step), "total_steps": total_steps, "epoch": epoch,
                               "reason": reason, "finished_at": time.time(), **extra})
     return path
 
 
+def marker_path(folder: str, entry: str) -> str:
+    return os.path.join(folder, FINISHED_DIR, f"{entry}.json")
+
+
+def remove_entry(folder: str, entry: str) -> None:
+    """Delete a checkpoint from the folder: its marker first, so it stops counting as finished at once."""
+    path = os.path.join(folder, entry)
+    for target in (marker_path(folder, entry), path):
+        try:
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            else:
+                os.remove(target)
+        except FileNotFoundError:
+            pass
+
+
 def read_marker(folder: str, entry: str) -> dict[str, Any] | None:
     try:
-        with open(os.path.join(folder, FINISHED_DIR, f"{entry}.json")) as f:
+        with open(marker_path(folder, entry)) as f:
             return json.load(f)
     except (FileNotFoundError, ValueError):
         return None
