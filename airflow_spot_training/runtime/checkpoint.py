@@ -15,7 +15,6 @@ step is never mistaken for a committed one.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -294,14 +293,11 @@ class CheckpointManager:
         return written
 
     def _write(self, path: str, payload: bytes | Callable[[IO[bytes]], None]) -> None:
-        if isinstance(payload, (bytes, bytearray, memoryview)):
-            data = bytes(payload)
-        else:
-            buf = io.BytesIO()
-            payload(buf)
-            data = buf.getvalue()
         with self.fs.open(path, "wb") as f:
-            f.write(data)
+            if isinstance(payload, (bytes, bytearray, memoryview)):
+                f.write(bytes(payload))
+            else:  # streamed: no second copy of a large state in memory
+                payload(f)
 
     def _commit(self, step_path: str, record: CommitRecord) -> None:
         final = posixpath.join(step_path, COMMIT_FILE)
