@@ -264,6 +264,8 @@ def main() -> None:
         results.append(bench(gigabyte_workload, 2 * args.cadence if args.quick else 5 * args.cadence, store,
                              args.cadence))
         report(results[-1])
+    print(f"\nload average at the end: {' / '.join(f'{v:.1f}' for v in os.getloadavg())} (1 / 5 / 15 min), "
+          f"{os.cpu_count()} CPUs")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

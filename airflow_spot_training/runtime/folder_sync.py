@@ -10,7 +10,8 @@
 3. uploads, in a background thread, each finished checkpoint (see
    :mod:`.checkpoint_folder`) with the commit protocol: payload files first, the commit
    record last, so a half-uploaded checkpoint is never resumed from; superseded ones are
-   skipped; bandwidth and concurrency are bounded; ``keep_last`` prunes the prefix;
+   skipped; bandwidth and concurrency are bounded; ``keep_last`` prunes the prefix; the
+   wrapper runs at a lower CPU priority than the training (``--nice``);
 4. on the interruption notice (SIGTERM, or the AWS / Compute Engine metadata notice with
    ``--aws-imds`` / ``--gce-metadata``) forwards SIGTERM to the child, lifts the bandwidth
    cap and uploads the newest finished checkpoint at once;
@@ -317,6 +318,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-concurrency", type=int, default=4)
     p.add_argument("--max-bytes-per-second", type=float, default=None)
     p.add_argument("--poll-seconds", type=float, default=1.0)
+    p.add_argument("--nice", type=int, default=10,
+                   help="lower this process's CPU priority by this much once the training started (0: keep)")
     p.add_argument("--aws-imds", action="store_true", help="also watch the AWS spot instance-action notice")
     p.add_argument("--gce-metadata", action="store_true", help="also watch the Compute Engine preempted flag")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the training command")
@@ -354,6 +357,8 @@ def run(args: argparse.Namespace) -> int:
     uploader.note_restored(names)
     env = {**os.environ, CHECKPOINT_DIR: folder}
     child = subprocess.Popen(_child_argv(args.command), env=env, stdin=subprocess.DEVNULL)
+    if args.nice:
+        os.nice(args.nice)  # the uploads yield the CPU to the training (the child keeps its priority)
     if watcher.requested:  # a notice that came while restoring
         uploader.on_notice()
         child.send_signal(signal.SIGTERM)
