@@ -149,6 +149,40 @@ class FolderSync:
         return shlex.join(argv)
 
 
+# -- what each backend passes (the lead wires these into the backends) ---------------------
+def ec2_user_data_command(sync: FolderSync, command: str) -> str:
+    """EC2: the ``TRAINING_COMMAND`` the bootstrap runs with ``bash -c`` (or inside the container).
+
+    The folder is ``/mnt/checkpoint`` unless ``local_dir`` says otherwise; the wrapper also
+    watches the two-minute IMDSv2 ``instance-action`` notice and forwards it as SIGTERM.
+    """
+    return sync.wrap_shell(command, python="python3", default_dir=VM_CHECKPOINT_DIR, aws_imds=True)
+
+
+def compute_engine_command(sync: FolderSync, command: str) -> str:
+    """Compute Engine: the ``spot-training-command`` metadata value the startup script runs.
+
+    The startup script already forwards the 30 s preemption SIGTERM; the wrapper also polls
+    ``instance/preempted`` so the flush starts even when the signal is late.
+    """
+    return sync.wrap_shell(command, python="python3", default_dir=VM_CHECKPOINT_DIR, gce_metadata=True)
+
+
+def vertex_ai_container_command(sync: FolderSync, command: list[str]) -> list[str]:
+    """Vertex AI: the container ``command`` (the entrypoint override); ``args`` stay as they are.
+
+    The container runs ``command + args``, so the training's arguments land after the
+    wrapper's ``--``. The image needs ``airflow-spot-training[runtime]`` and gcsfs;
+    ``SPOT_TRAINING_CHECKPOINT_URI`` (the ``gs://`` prefix) is in the contract already.
+    """
+    if not command:
+        raise FolderSyncConfigError(
+            "checkpoint_sync on Vertex AI needs an explicit container command: the wrapper must know "
+            "what to run (the image's entrypoint is not known here)."
+        )
+    return sync.wrap(list(command), python="python3", default_dir=VM_CHECKPOINT_DIR, gce_metadata=True)
+
+
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
     if not ok:

@@ -60,3 +60,35 @@ class TestFolderSync:
         argv = shlex.split(line)
         assert argv[0] == "python3" and "--gce-metadata" in argv
         assert argv[argv.index("--") + 1:] == ["bash", "-c", "cd /app && python train.py 'a b'"]
+
+
+class TestBackendCommands:
+    """What the VM and container backends will pass, as the wrapper parses it."""
+
+    def _parsed(self, argv: list[str]):
+        from airflow_spot_training.runtime.folder_sync import parse_args
+
+        assert argv[1:3] == ["-m", WRAPPER_MODULE]
+        return parse_args(argv[3:])
+
+    def test_ec2_watches_the_imds_notice_in_mnt_checkpoint(self):
+        from airflow_spot_training.core.folder_sync import ec2_user_data_command
+
+        parsed = self._parsed(shlex.split(ec2_user_data_command(FolderSync(), "python train.py --lr 0.1")))
+        assert parsed.dir == "/mnt/checkpoint" and parsed.aws_imds and not parsed.gce_metadata
+        assert parsed.command == ["bash", "-c", "python train.py --lr 0.1"]
+
+    def test_compute_engine_watches_the_preempted_flag(self):
+        from airflow_spot_training.core.folder_sync import compute_engine_command
+
+        parsed = self._parsed(shlex.split(compute_engine_command(FolderSync(local_dir="/data"), "./run.sh")))
+        assert parsed.dir == "/data" and parsed.gce_metadata
+
+    def test_vertex_ai_wraps_the_container_command_and_keeps_args_after_it(self):
+        from airflow_spot_training.core.folder_sync import vertex_ai_container_command
+
+        command = vertex_ai_container_command(FolderSync(), ["python", "-m", "trainer"])
+        parsed = self._parsed(command + ["--epochs", "3"])  # the container appends args
+        assert parsed.command == ["python", "-m", "trainer", "--epochs", "3"] and parsed.gce_metadata
+        with pytest.raises(FolderSyncConfigError, match="needs an explicit container command"):
+            vertex_ai_container_command(FolderSync(), [])
