@@ -17,7 +17,9 @@ local folder every ``--every`` steps, as a framework does. It runs alternately
 Reported: the mean training step time (saves excluded: the local save costs the same
 with and without the sync) and how much slower it is with the sync; the target is at
 most 5%. Each configuration runs ``--rounds`` times, interleaved, since the load on a
-shared machine drifts.
+shared machine drifts. And, within each synced run, the steps that overlapped an upload
+against the others of the same run: ``cost`` = their slowdown x the share of steps that
+overlapped, the uploader's cost with the machine's load drift taken out.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ def run(kind: str, steps: int, every: int, workdir: Path, prefix: str, storage_e
     committed = [line for line in lines if line.get("action") == "committed"]
     result["uploads"] = len(committed)
     result["upload_seconds"] = statistics.fmean(c["seconds"] for c in committed) if committed else None
+    uploading = [(c["at"] - c["seconds"], c["at"]) for c in committed]
+    during, outside = [], []
+    for begin, end in result.pop("spans"):
+        overlaps = any(begin < u_end and end > u_begin for u_begin, u_end in uploading)
+        (during if overlaps else outside).append(end - begin)
+    result["during_upload"], result["outside_upload"] = during, outside
     return result
 
 
@@ -114,6 +122,18 @@ def main() -> None:
         upload = f"{statistics.fmean(uploads):.1f} s" if uploads else ""
         print(f"{name:<14} {step * 1000:8.1f}ms {(step / base - 1) * 100:>+10.1f}% {args.every * base:>8.1f}s "
               f"{upload:>12}")
+    print("\nwithin each synced run (the same minutes, so the machine's load drift cancels out):")
+    print(f"{'run':<14} {'steps while uploading':>22} {'other steps':>12} {'slower':>8} {'share of steps':>15} "
+          f"{'cost':>6}")
+    for name, _ in configs[1:]:
+        during = [t for r in results[name] for t in r["during_upload"]]
+        outside = [t for r in results[name] for t in r["outside_upload"]]
+        if not during or not outside:
+            continue
+        slower = statistics.fmean(during) / statistics.fmean(outside) - 1
+        share = len(during) / (len(during) + len(outside))
+        print(f"{name:<14} {statistics.fmean(during) * 1000:>20.1f}ms {statistics.fmean(outside) * 1000:>10.1f}ms "
+              f"{slower * 100:>+7.1f}% {share * 100:>14.0f}% {slower * share * 100:>+5.1f}%")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Saves the way a framework does (``torch.save`` into ``checkpoint-<step>/state.pt``, the two
 newest kept) and marks each save finished, as the adapters do. At the end prints one JSON
-line: the mean step time (saves excluded), the mean save time, and the steps' times.
+line: the mean step time (saves excluded), the mean save time, and each step's wall-clock
+span (so steps that ran while an upload did can be told from the others).
 Not a test and not an example: ``benchmarks/folder_sync_cost.py`` runs it.
 """
 
@@ -30,11 +31,12 @@ def main() -> None:
     folder = os.environ["SPOT_TRAINING_CHECKPOINT_DIR"]
     announce_adapter(folder, "benchmark")
     workload = gigabyte_workload(steps)
-    step_times, save_times = [], []
+    step_times, save_times, spans = [], [], []
     for step in range(1, steps + 1):
-        started = time.perf_counter()
+        started, wall = time.perf_counter(), time.time()
         workload.step()
         step_times.append(time.perf_counter() - started)
+        spans.append((wall, wall + step_times[-1]))
         if step % every == 0:
             started = time.perf_counter()
             entry = f"checkpoint-{step}"
@@ -47,7 +49,7 @@ def main() -> None:
                 shutil.rmtree(os.path.join(folder, old))
             save_times.append(time.perf_counter() - started)
     print(json.dumps({"step_seconds": statistics.fmean(step_times), "save_seconds": statistics.fmean(save_times),
-                      "steps": steps, "every": every}), flush=True)
+                      "steps": steps, "every": every, "spans": spans}), flush=True)
 
 
 if __name__ == "__main__":

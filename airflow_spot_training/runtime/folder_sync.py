@@ -71,7 +71,8 @@ _CHILD_SHIM = (
 
 def emit(action: str, **fields: Any) -> None:
     """One JSON line on stdout per thing the wrapper did (the attempt's log keeps it)."""
-    print(json.dumps({"event": "folder-sync", "action": action, **fields}, default=str), flush=True)
+    print(json.dumps({"event": "folder-sync", "action": action, "at": round(time.time(), 3), **fields}, default=str),
+          flush=True)
 
 
 class _Superseded(Exception):
