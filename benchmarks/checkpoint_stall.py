@@ -183,9 +183,10 @@ def start_moto() -> tuple[subprocess.Popen, dict[str, Any]]:
             time.sleep(0.05)
     options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint,
                                                                        "region_name": "us-east-1"}}
-    import s3fs
+    import boto3
 
-    s3fs.S3FileSystem(**options).mkdir("stall-bench")
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket="stall-bench")
     return proc, options
 
 
