@@ -49,7 +49,11 @@ from airflow_spot_training.backends.base import (
     SpotBackend,
     SpotCapacityUnavailable,
 )
-from airflow_spot_training.core.folder_sync import LOCAL_CHECKPOINT_DIR_NAME, FolderSync, FolderSyncConfigError
+from airflow_spot_training.core.folder_sync import (
+    LOCAL_CHECKPOINT_DIR_NAME,
+    FolderSync,
+    FolderSyncConfigError,
+)
 from airflow_spot_training.core.policy import Capacity
 
 STATUS_FILE = "status.json"
@@ -99,9 +103,7 @@ def _validate_schedule(schedule: dict[str, Any] | None) -> None:
             f"preemptions={schedule!r} is not a schedule: build one with fixed_preemptions([...]), "
             "step_preemptions([...]), random_preemptions(per_hour, seed) or trace_preemptions(path)."
         )
-    for v in schedule.get("notice_seconds") or []:
-        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
-            raise BackendConfigError(f"preemptions: notice_seconds must be non-negative numbers or None, got {v!r}")
+    _validate_notices(schedule)
     kind = schedule["kind"]
     if kind == "fixed":
         for v in schedule.get("after_seconds", []):
@@ -122,6 +124,12 @@ def _validate_schedule(schedule: dict[str, Any] | None) -> None:
             raise BackendConfigError(f"preemptions: trace file {str(path)!r} does not exist")
         if schedule.get("seconds_per_sample", 1) <= 0:
             raise BackendConfigError("preemptions: seconds_per_sample must be positive")
+
+
+def _validate_notices(schedule: dict[str, Any]) -> None:
+    for v in schedule.get("notice_seconds") or []:
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+            raise BackendConfigError(f"preemptions: notice_seconds must be non-negative numbers or None, got {v!r}")
 
 
 def _load_trace(path: str) -> list[int]:

@@ -29,13 +29,13 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from airflow_spot_training.runtime.checkpoint_folder import checkpoint_dir as checkpoint_dir_of
 from airflow_spot_training.runtime.checkpoint_folder import (
     announce_adapter,
     list_entries,
     mark_finished,
     read_marker,
 )
+from airflow_spot_training.runtime.checkpoint_folder import checkpoint_dir as checkpoint_dir_of
 from airflow_spot_training.runtime.interruption import InterruptionWatcher
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from airflow_spot_training.core.checkpoint_protocol import step_dir_name
 from airflow_spot_training.runtime.checkpoint import CheckpointManager
 from airflow_spot_training.runtime.checkpoint_folder import announce_adapter, mark_finished
-from airflow_spot_training.runtime.folder_sync import BandwidthLimiter, FolderUploader, exit_code, restore_newest
+from airflow_spot_training.runtime.folder_sync import (
+    BandwidthLimiter,
+    FolderUploader,
+    exit_code,
+    restore_newest,
+)
 
 UPLOADER = Path(__file__).with_name("fault_uploader.py")
 ROOT = Path(__file__).resolve().parents[3]
