@@ -4,7 +4,12 @@
 * :class:`InterruptionWatcher`: SIGTERM and cloud metadata notices -> "checkpoint now".
 * :func:`read_contract`: the environment the operator hands every attempt.
 * :func:`write_metrics`: final metrics for the operator's ledger.
-* :mod:`airflow_spot_training.runtime.torch_state`: whole PyTorch training state (needs torch).
+* :mod:`airflow_spot_training.runtime.torch_state`: whole PyTorch training state (needs torch),
+  saved synchronously or in the background (``save_async``).
+* :mod:`airflow_spot_training.runtime.folder_sync`: the synced checkpoint folder's wrapper
+  process; :mod:`airflow_spot_training.runtime.checkpoint_folder`: that folder's markers.
+* :mod:`airflow_spot_training.runtime.huggingface`, :mod:`airflow_spot_training.runtime.lightning`:
+  adapters for Hugging Face ``Trainer`` and PyTorch Lightning (extras ``hf``, ``lightning``).
 """
 
 from airflow_spot_training.core.contract import Contract, read_contract
