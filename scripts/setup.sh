@@ -16,7 +16,7 @@ if [ ! -f "$STAMP" ]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   # torch is pinned: 2.13.0 is the CPU build; anything else pulls a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[torch,aws,gcp,dev]" "torch==2.13.0"
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[torch,hf,lightning,aws,gcp,dev]" "torch==2.13.0"
   rm -f "$VENV"/.installed-*
   touch "$STAMP"
 fi

@@ -38,9 +38,9 @@ import importlib
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Annotated, Any, ClassVar, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
 from pydantic_core import PydanticUndefined
 
 from airflow_spot_training.core.attempt import (
@@ -51,6 +51,7 @@ from airflow_spot_training.core.attempt import (
     check_version,
 )
 from airflow_spot_training.core.contract import Contract
+from airflow_spot_training.core.folder_sync import FolderSync
 from airflow_spot_training.core.policy import Capacity
 
 __all__ = [
@@ -418,6 +419,17 @@ def _known_scheme(scheme: str) -> bool:
     from fsspec.registry import known_implementations
 
     return scheme in known_implementations or scheme in fsspec.available_protocols()
+
+
+# -- shared argument types ---------------------------------------------------------------------
+#: ``checkpoint_sync=``: ``True`` (defaults), a dict of :class:`FolderSync` settings, or an instance
+CheckpointSync = Annotated[
+    FolderSync | None,
+    BeforeValidator(FolderSync.from_value),  # its ValueError names the setting and the fix
+    PlainSerializer(lambda value: value.to_dict() if value is not None else None, return_type=dict | None),
+]
+CHECKPOINT_SYNC_DOC = ("run the training under the synced checkpoint folder (docs/synced-folder.md): True for the "
+                       "defaults, a dict of FolderSync settings, or a FolderSync")
 
 
 # -- shared validators -------------------------------------------------------------------------

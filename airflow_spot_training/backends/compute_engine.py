@@ -44,11 +44,13 @@ from pydantic import PositiveFloat, field_validator, model_validator
 
 from airflow_spot_training.backends import google_cloud as gc
 from airflow_spot_training.backends.base import (
+    CHECKPOINT_SYNC_DOC,
     AttemptHandle,
     AttemptLink,
     AttemptState,
     AttemptStatus,
     CapacityUnavailable,
+    CheckpointSync,
     CloudActionRequired,
     LaunchRequest,
     SpotBackend,
@@ -57,6 +59,7 @@ from airflow_spot_training.backends.base import (
 )
 from airflow_spot_training.core.contract import secret_refs_env
 from airflow_spot_training.core.epoch import epoch_seconds
+from airflow_spot_training.core.folder_sync import compute_engine_command
 from airflow_spot_training.core.policy import Capacity
 from airflow_spot_training.runtime.results import MalformedRecord, read_json_record
 
@@ -147,6 +150,9 @@ class ComputeEngineSpotBackend(SpotBackend):
     extra_metadata: dict[str, str] = argument({}, "extra instance metadata items")
     startup_script: str | None = argument(
         None, "replaces the packaged startup script; it must honour the same contract")
+    checkpoint_sync: CheckpointSync = argument(
+        None, CHECKPOINT_SYNC_DOC + "; the folder is /mnt/checkpoint unless local_dir is set (the image needs "
+              "python3 with airflow-spot-training[runtime] and gcsfs)")
     operation_timeout: float = argument(120.0, "seconds launch waits for an insert operation in each zone", gt=0)
     gcp_conn_id: str = argument(gc.DEFAULT_CONN_ID, "the Airflow connection with the credentials", min_length=1)
     impersonation_chain: str | list[str] | None = argument(
@@ -252,6 +258,8 @@ class ComputeEngineSpotBackend(SpotBackend):
         if spot:
             scheduling.instance_termination_action = "DELETE"
         command = self.command if isinstance(self.command, str) else shlex.join(self.command or [])
+        if self.checkpoint_sync is not None:
+            command = compute_engine_command(self.checkpoint_sync, command)
         env = {**self.env, **request.contract.to_env(), **secret_refs_env(self.secrets)}
         metadata = {
             **self.extra_metadata,

@@ -56,12 +56,14 @@ from airflow_spot_training.backends.aws_connection import (
     make_hook,
 )
 from airflow_spot_training.backends.base import (
+    CHECKPOINT_SYNC_DOC,
     AttemptHandle,
     AttemptLink,
     AttemptState,
     AttemptStatus,
     BackendConfigError,
     CapacityUnavailable,
+    CheckpointSync,
     CloudActionRequired,
     LaunchRequest,
     SpotBackend,
@@ -71,6 +73,7 @@ from airflow_spot_training.backends.base import (
 from airflow_spot_training.backends.ec2_batching import coordinator_for
 from airflow_spot_training.bootstrap import render_ec2_user_data
 from airflow_spot_training.core.epoch import epoch_seconds
+from airflow_spot_training.core.folder_sync import ec2_user_data_command
 from airflow_spot_training.core.policy import Capacity
 from airflow_spot_training.runtime.results import MalformedRecord, read_json_record
 
@@ -166,6 +169,9 @@ class EC2SpotBackend(SpotBackend):
     root_volume_gb: PositiveInt | None = argument(None, "size of the root volume (gp3) in GiB, if not the AMI's")
     root_device_name: str = argument("/dev/xvda", "the AMI's root device name (/dev/xvda on Amazon Linux)")
     tags: dict[str, str] = argument({}, "extra tags for the instance and its volumes")
+    checkpoint_sync: CheckpointSync = argument(
+        None, CHECKPOINT_SYNC_DOC + "; the folder is /mnt/checkpoint unless local_dir is set (the AMI needs "
+              "python3 with airflow-spot-training[runtime] and s3fs)")
     user_data_template: str | None = argument(
         None, "a replacement for the shipped bootstrap template, with the same @@NAME@@ placeholders")
     on_demand_prices: dict[str, PositiveFloat] | PositiveFloat | None = argument(
@@ -229,6 +235,10 @@ class EC2SpotBackend(SpotBackend):
             raise ValueError("give image_id='ami-...' or launch_template={'LaunchTemplateName': ...}.")
         if self.pools is not None and self.instance_types is not None:
             raise ValueError("give either pools=[...] or instance_types=[...] (with subnet_ids), not both.")
+        if self.checkpoint_sync is not None and self.container_image:
+            raise ValueError("checkpoint_sync runs the training under the folder-sync wrapper on the instance; with "
+                             "container_image, run the wrapper inside your container instead (python -m "
+                             "airflow_spot_training.runtime.folder_sync --dir /mnt/checkpoint -- <training>).")
         if not self.pools and not self.instance_types and not self.launch_template:
             raise ValueError(
                 "give instance_types=['g5.xlarge', ...] (tried in order), or pools=[...], "
@@ -367,6 +377,8 @@ class EC2SpotBackend(SpotBackend):
     def user_data(self, request: LaunchRequest) -> str:
         """The rendered bootstrap script for one attempt."""
         command = self.command if isinstance(self.command, str) else shlex.join(self.command or [])
+        if self.checkpoint_sync is not None:
+            command = ec2_user_data_command(self.checkpoint_sync, command)
         return render_ec2_user_data(
             request.contract, command=command, container_image=self.container_image, env=self.env,
             secrets=self.secrets, template=self.user_data_template,

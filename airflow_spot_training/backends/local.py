@@ -56,17 +56,20 @@ from pydantic import (
 )
 
 from airflow_spot_training.backends.base import (
+    CHECKPOINT_SYNC_DOC,
     AttemptHandle,
     AttemptLink,
     AttemptState,
     AttemptStatus,
     BackendConfigError,
     CapacityUnavailable,
+    CheckpointSync,
     LaunchRequest,
     SpotBackend,
     argument,
     check_env_names,
 )
+from airflow_spot_training.core.folder_sync import LOCAL_CHECKPOINT_DIR_NAME
 from airflow_spot_training.core.policy import Capacity
 
 STATUS_FILE = "status.json"
@@ -82,14 +85,23 @@ class _Schedule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FixedPreemptions(_Schedule):
+class _NoticedSchedule(_Schedule):
+    #: per attempt, replaces the backend's ``notice_seconds`` (``0``: a hard kill, no notice)
+    notice_seconds: list[NonNegativeFloat | None] | None = None
+
+    def notice_for(self, attempt: int) -> float | None:
+        notices = self.notice_seconds or []
+        return notices[attempt - 1] if attempt - 1 < len(notices) else None
+
+
+class FixedPreemptions(_NoticedSchedule):
     """Spot attempt N is preempted ``after_seconds[N-1]`` seconds after it starts (``None``: never)."""
 
     kind: Literal["fixed"] = "fixed"
     after_seconds: list[NonNegativeFloat | None]
 
 
-class StepPreemptions(_Schedule):
+class StepPreemptions(_NoticedSchedule):
     """Spot attempt N is reclaimed once a checkpoint at step ``at_steps[N-1]`` or later is committed."""
 
     kind: Literal["steps"] = "steps"
@@ -146,16 +158,21 @@ def _schedule(kind: type[_Schedule], **fields: Any) -> Any:
         raise BackendConfigError(f"preemptions: {problems}") from None
 
 
-def fixed_preemptions(after_seconds: list[float | None]) -> FixedPreemptions:
-    """Spot attempt N is preempted ``after_seconds[N-1]`` seconds after it starts (``None``: never)."""
-    return _schedule(FixedPreemptions, after_seconds=list(after_seconds))
+def fixed_preemptions(after_seconds: list[float | None],
+                      notice_seconds: list[float | None] | None = None) -> FixedPreemptions:
+    """Spot attempt N is preempted ``after_seconds[N-1]`` seconds after it starts (``None``: never).
+
+    ``notice_seconds[N-1]``, when given and not ``None``, replaces the backend's
+    ``notice_seconds`` for that attempt (``0``: a hard kill with no notice at all)."""
+    return _schedule(FixedPreemptions, after_seconds=list(after_seconds), notice_seconds=notice_seconds)
 
 
-def step_preemptions(at_steps: list[int | None]) -> StepPreemptions:
+def step_preemptions(at_steps: list[int | None], notice_seconds: list[float | None] | None = None) -> StepPreemptions:
     """Spot attempt N is reclaimed once the training has committed a checkpoint at step
     ``at_steps[N-1]`` or later (``None``: never). Reproducible whatever the machine's speed,
-    which makes it the schedule for demos and tests."""
-    return _schedule(StepPreemptions, at_steps=list(at_steps))
+    which makes it the schedule for demos and tests. ``notice_seconds``: as in
+    :func:`fixed_preemptions`."""
+    return _schedule(StepPreemptions, at_steps=list(at_steps), notice_seconds=notice_seconds)
 
 
 def random_preemptions(per_hour: float, seed: int = 0) -> RatePreemptions:
@@ -197,12 +214,15 @@ class LocalBackend(SpotBackend):
         None, "when spot attempts are reclaimed: fixed_preemptions([...]), step_preemptions([...]), "
               "random_preemptions(per_hour, seed) or trace_preemptions(path); None never preempts")
     notice_seconds: NonNegativeFloat = argument(
-        5.0, "seconds between the notice (SIGTERM) and the hard kill (AWS gives 120, GCP 30)")
+        5.0, "seconds between the notice (SIGTERM) and the hard kill (AWS gives 120, GCP 30); 0: a hard kill "
+             "with no notice. A schedule's own notice_seconds list overrides it per attempt")
     state_dir: str | None = argument(
         None, "where attempt directories live (default: [spot_training] local_state_dir)")
     spot_price_per_hour: PositiveFloat | None = argument(None, "USD per hour used for cost estimates of spot attempts")
     on_demand_price_per_hour: PositiveFloat | None = argument(
         None, "USD per hour used for on-demand attempts and savings")
+    checkpoint_sync: CheckpointSync = argument(
+        None, CHECKPOINT_SYNC_DOC + "; the folder is <attempt directory>/checkpoint unless local_dir is set")
 
     @field_validator("command")
     @classmethod
@@ -309,12 +329,12 @@ class LocalBackend(SpotBackend):
         preempt_at = self._preempt_at(request, attempt_dir.parent, now)
         spec = {
             "preempt_at_step": self._preempt_at_step(request),
-            "command": self.command,
+            "command": self._command(attempt_dir),
             "capacity": request.capacity.value,
             "env": {**self.env, **request.contract.to_env()},  # declared variables only
             "cwd": self.cwd,
             "preempt_at": preempt_at,
-            "notice_seconds": self.notice_seconds,
+            "notice_seconds": self._notice_seconds(request),
         }
         write_private_json(attempt_dir / SPEC_FILE, spec)
         with open_private(attempt_dir / "supervisor.log", "ab") as out:
@@ -333,6 +353,18 @@ class LocalBackend(SpotBackend):
         )
         write_private_json(attempt_dir / LAUNCH_FILE, handle.to_dict())
         return handle
+
+    def _command(self, attempt_dir: Path) -> list[str]:
+        """The training command, wrapped by the synced checkpoint folder when it is on."""
+        if self.checkpoint_sync is None:
+            return list(self.command)
+        return self.checkpoint_sync.wrap(self.command, python=sys.executable,
+                                         default_dir=str(attempt_dir / LOCAL_CHECKPOINT_DIR_NAME))
+
+    def _notice_seconds(self, request: LaunchRequest) -> float:
+        schedule = self.preemptions
+        override = schedule.notice_for(request.attempt) if isinstance(schedule, _NoticedSchedule) else None
+        return float(self.notice_seconds if override is None else override)
 
     def _read_handle(self, attempt_dir: Path) -> LocalHandle | None:
         data = _read_json(attempt_dir / LAUNCH_FILE)

@@ -7,7 +7,8 @@
 * The child exits by itself: ``succeeded`` (exit 0) or ``failed`` (with the exit code).
 * ``preempt_at`` passes on a spot attempt: SIGTERM to the child (the notice), then
   SIGKILL after ``notice_seconds``: ``preempted`` (unless the child had finished
-  with exit 0 before the hard kill: then ``succeeded``).
+  with exit 0 before the hard kill: then ``succeeded``). ``notice_seconds`` 0: SIGKILL
+  at once, no notice.
 * This supervisor gets SIGTERM (a stop request): the child gets SIGTERM, then
   SIGKILL after the notice window: ``stopped``.
 * A file named ``preempt-now`` appears in the attempt directory of a spot attempt
@@ -127,7 +128,12 @@ def main(attempt_dir_arg: str) -> int:
                 _write_status(attempt_dir, status)
             if kind is not None:
                 noticed_at = now
-                child.send_signal(signal.SIGTERM)  # the notice
+                if notice > 0:
+                    child.send_signal(signal.SIGTERM)  # the notice
+                else:
+                    child.kill()  # a reclaim without notice: the machine is gone at once
+                    rc = child.wait()
+                    break
         elif noticed_at is not None and now >= noticed_at + notice:
             child.kill()  # the machine is gone
             rc = child.wait()

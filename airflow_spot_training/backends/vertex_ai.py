@@ -46,11 +46,13 @@ from pydantic import PositiveFloat, field_validator, model_validator
 
 from airflow_spot_training.backends import google_cloud as gc
 from airflow_spot_training.backends.base import (
+    CHECKPOINT_SYNC_DOC,
     AttemptHandle,
     AttemptLink,
     AttemptState,
     AttemptStatus,
     BackendConfigError,
+    CheckpointSync,
     CloudActionRequired,
     LaunchRequest,
     SpotBackend,
@@ -59,6 +61,7 @@ from airflow_spot_training.backends.base import (
 )
 from airflow_spot_training.core.contract import secret_refs_env
 from airflow_spot_training.core.epoch import epoch_seconds
+from airflow_spot_training.core.folder_sync import vertex_ai_container_command
 from airflow_spot_training.core.policy import Capacity
 
 NAME_PREFIX = "spot-training"
@@ -151,6 +154,9 @@ class VertexAISpotBackend(SpotBackend):
         1800.0, "a spot job still queued or pending after this long is reported as 'no spot capacity' (and "
                 "cancelled); None waits for as long as Vertex does")
     restart_job_on_worker_restart: bool = argument(False, "scheduling.restart_job_on_worker_restart")
+    checkpoint_sync: CheckpointSync = argument(
+        None, CHECKPOINT_SYNC_DOC + "; the container's command runs under the wrapper (the image needs "
+              "airflow-spot-training[runtime] and gcsfs; needs command= and the single worker pool form)")
     project_id: str | None = argument(None, "the project; default: the project of the connection")
     gcp_conn_id: str = argument(gc.DEFAULT_CONN_ID, "the Airflow connection with the credentials", min_length=1)
     impersonation_chain: str | list[str] | None = argument(
@@ -194,6 +200,9 @@ class VertexAISpotBackend(SpotBackend):
         if self.accelerator_count and not self.accelerator_type:
             raise ValueError("accelerator_count is set but accelerator_type is not; give "
                              "accelerator_type='NVIDIA_TESLA_T4' (for example).")
+        if self.checkpoint_sync is not None and (self.worker_pool_specs is not None or not self.command):
+            raise ValueError("checkpoint_sync wraps the container's command: give command=[...] (the training's "
+                             "entrypoint) with machine_type= and image_uri=, not worker_pool_specs.")
         gc.validate_common(project_id=self.project_id, emulator_host=self.emulator_host)
         return self
 
@@ -297,7 +306,8 @@ class VertexAISpotBackend(SpotBackend):
             machine.update(accelerator_type=self.accelerator_type, accelerator_count=self.accelerator_count)
         container: dict[str, Any] = {"image_uri": self.image_uri, "env": env_vars}
         if self.command:
-            container["command"] = self.command
+            container["command"] = (self.command if self.checkpoint_sync is None
+                                    else vertex_ai_container_command(self.checkpoint_sync, self.command))
         if self.args:
             container["args"] = self.args
         return [cj.WorkerPoolSpec(machine_spec=machine, replica_count=self.replica_count,

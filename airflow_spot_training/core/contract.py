@@ -22,6 +22,9 @@ RESULT_URI = "SPOT_TRAINING_RESULT_URI"
 TOKEN = "SPOT_TRAINING_TOKEN"
 #: JSON object {ENV_NAME: secret reference}: resolved on the machine, never sent as values
 SECRETS = "SPOT_TRAINING_SECRETS"
+#: set by the folder-sync wrapper (not by backends): the local folder a training that
+#: only knows local files writes its checkpoints into; the wrapper syncs it with the prefix
+CHECKPOINT_DIR = "SPOT_TRAINING_CHECKPOINT_DIR"
 
 ALL = (CHECKPOINT_URI, ATTEMPT, CAPACITY, PREEMPTIONS, RUN_KEY, RESULT_URI, TOKEN, SECRETS)
 

@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fail-marker", default=None,
                    help="file created at the injected failure; while it exists the failure is not repeated")
     p.add_argument("--save-final-params", default=None, help="write the final parameters to this file")
+    p.add_argument("--async-save", action="store_true",
+                   help="periodic checkpoints are written in the background (TorchCheckpointer.save_async)")
     return p.parse_args(argv)
 
 
@@ -114,7 +116,8 @@ def train(args: argparse.Namespace, contract: Contract) -> int:
                     print(json.dumps({"event": "interrupted", "step": step}), flush=True)
                     return EXIT_INTERRUPTED
                 if manager.should_save(step):
-                    ckpt.save(step, epoch=epoch, data_position=position)
+                    save = ckpt.save_async if args.async_save else ckpt.save
+                    save(step, epoch=epoch, data_position=position)
                 if args.step_delay:
                     time.sleep(args.step_delay)
                 if batch == 0:

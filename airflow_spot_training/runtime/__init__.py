@@ -5,7 +5,12 @@
 * :func:`read_contract`: the environment the operator hands every attempt (secrets passed
   by reference resolved into ``os.environ``).
 * :func:`write_metrics`: final metrics for the operator's ledger.
-* :mod:`airflow_spot_training.runtime.torch_state`: whole PyTorch training state (needs torch).
+* :mod:`airflow_spot_training.runtime.torch_state`: whole PyTorch training state (needs torch),
+  saved synchronously or in the background (``save_async``).
+* :mod:`airflow_spot_training.runtime.folder_sync`: the synced checkpoint folder's wrapper
+  process; :mod:`airflow_spot_training.runtime.checkpoint_folder`: that folder's markers.
+* :mod:`airflow_spot_training.runtime.huggingface`, :mod:`airflow_spot_training.runtime.lightning`:
+  adapters for Hugging Face ``Trainer`` and PyTorch Lightning (extras ``hf``, ``lightning``).
 """
 
 from airflow_spot_training.core.contract import Contract

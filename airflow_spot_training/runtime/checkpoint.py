@@ -15,13 +15,13 @@ step is never mistaken for a committed one.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import posixpath
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, Callable
 
@@ -229,20 +229,80 @@ class CheckpointManager:
             self.fs.makedirs(step_path, exist_ok=True)
             for name, payload in files.items():
                 self._write(posixpath.join(step_path, name), payload)
-            record = CommitRecord(
-                step=step,
-                committed_at=time.time(),
-                files=sorted(files),
-                total_steps=total_steps,
-                epoch=epoch,
-                attempt=attempt if attempt is not None else self.attempt,
-                reason=reason,
-                fingerprint=fingerprint,
-                token=self.token,
-            )
-            self._commit(step_path, record)
         except OSError as e:
             raise CheckpointError(f"could not write checkpoint step {step} under {self.uri}: {e}") from e
+        return self.commit(step, sorted(files), total_steps=total_steps, epoch=epoch, attempt=attempt,
+                           reason=reason, fingerprint=fingerprint)
+
+    def put_payload(
+        self,
+        step: int,
+        sources: dict[str, str],
+        *,
+        copy: Callable[[str, str], None] | None = None,
+        max_concurrency: int = 1,
+    ) -> list[str]:
+        """Upload local files as the payload of step ``step``; commit it with :meth:`commit`.
+
+        :param sources: payload name (relative, ``/``-separated: ``checkpoint-500/model.safetensors``)
+            -> local file path.
+        :param copy: ``copy(local_path, remote_path)``; default: the filesystem's ``put_file``.
+        :param max_concurrency: files uploaded at once.
+        :return: the payload names, for the commit record.
+        """
+        if not sources:
+            raise ValueError("a checkpoint needs at least one payload file")
+        for name in sources:
+            _check_nested_name(name)
+        step_path = self._path(step_dir_name(step))
+        copy = copy or self.fs.put_file
+
+        def put(name: str) -> None:
+            remote = posixpath.join(step_path, name)
+            self.fs.makedirs(posixpath.dirname(remote), exist_ok=True)
+            copy(sources[name], remote)
+
+        try:
+            self.fs.makedirs(step_path, exist_ok=True)
+            if max_concurrency <= 1 or len(sources) == 1:
+                for name in sources:
+                    put(name)
+            else:
+                with ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="checkpoint-put") as pool:
+                    for future in [pool.submit(put, name) for name in sources]:
+                        future.result()
+        except OSError as e:
+            raise CheckpointError(f"could not upload checkpoint step {step} to {self.uri}: {e}") from e
+        return sorted(sources)
+
+    def commit(
+        self,
+        step: int,
+        files: list[str],
+        *,
+        total_steps: int | None = None,
+        epoch: int | None = None,
+        attempt: int | None = None,
+        reason: str = "periodic",
+        fingerprint: str | None = None,
+    ) -> Checkpoint:
+        """Write the commit record of step ``step`` (its payload ``files`` already written), then prune."""
+        step_path = self._path(step_dir_name(step))
+        record = CommitRecord(
+            step=step,
+            committed_at=time.time(),
+            files=sorted(files),
+            total_steps=total_steps,
+            epoch=epoch,
+            attempt=attempt if attempt is not None else self.attempt,
+            reason=reason,
+            fingerprint=fingerprint,
+            token=self.token,
+        )
+        try:
+            self._commit(step_path, record)
+        except OSError as e:
+            raise CheckpointError(f"could not commit checkpoint step {step} under {self.uri}: {e}") from e
         self._last_save_time = time.monotonic()
         self._last_save_step = step
         self._apply_retention()
@@ -280,15 +340,33 @@ class CheckpointManager:
             f.write(data)
         os.replace(tmp, path)
 
+    def discard_uncommitted(self, step: int) -> None:
+        """Remove what an abandoned write left of step ``step``; a committed step is left alone."""
+        if self._read_commit(step) is not None:
+            return
+        try:
+            self.fs.rm(self._path(step_dir_name(step)), recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def download(self, checkpoint: Checkpoint, local_dir: str) -> list[str]:
+        """Copy a committed checkpoint's payload files into ``local_dir``; return the local paths."""
+        step_path = self._path(step_dir_name(checkpoint.step))
+        written = []
+        for name in checkpoint.record.files:
+            _check_nested_name(name)
+            target = os.path.join(local_dir, *name.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            self.fs.get_file(posixpath.join(step_path, name), target)
+            written.append(target)
+        return written
+
     def _write(self, path: str, payload: bytes | Callable[[IO[bytes]], None]) -> None:
-        if isinstance(payload, (bytes, bytearray, memoryview)):
-            data = bytes(payload)
-        else:
-            buf = io.BytesIO()
-            payload(buf)
-            data = buf.getvalue()
         with self.fs.open(path, "wb") as f:
-            f.write(data)
+            if isinstance(payload, (bytes, bytearray, memoryview)):
+                f.write(bytes(payload))
+            else:  # streamed: no second copy of a large state in memory
+                payload(f)
 
     def _commit(self, step_path: str, record: CommitRecord) -> None:
         final = posixpath.join(step_path, COMMIT_FILE)
@@ -359,6 +437,11 @@ def _progress_period(configured: float | None, local: bool) -> float:
         except ValueError:
             log.warning("ignoring %s=%r: not a number of seconds", PROGRESS_SECONDS_ENV, from_env)
     return 0.0 if local else REMOTE_PROGRESS_SECONDS
+
+def _check_nested_name(name: str) -> None:
+    parts = name.split("/")
+    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0] == COMMIT_FILE:
+        raise ValueError(f"invalid checkpoint file name {name!r}")
 
 
 def _fsync_dir(path: str) -> None:

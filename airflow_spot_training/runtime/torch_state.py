@@ -10,10 +10,12 @@ Requires torch (the ``[torch]`` extra); imports no Airflow and no cloud SDK.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
 import random
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +52,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _snapshot(value: Any, buffers: dict[tuple[Any, ...], torch.Tensor], path: tuple[Any, ...] = ()) -> Any:
+    """A copy of a state tree that later training steps cannot change: tensors copied to CPU.
+
+    Tensors are copied into ``buffers`` kept from the previous snapshot when shape and dtype
+    still match: no fresh allocation (and no page faults) of a large state at every save.
+    """
+    if isinstance(value, torch.Tensor):
+        buffer = buffers.get(path)
+        if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
+            buffer = buffers[path] = torch.empty_like(value, device="cpu")
+        return buffer.copy_(value.detach())
+    if isinstance(value, dict):
+        return {k: _snapshot(v, buffers, path + (k,)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_snapshot(v, buffers, path + (i,)) for i, v in enumerate(value)]
+    if isinstance(value, tuple):
+        return tuple(_snapshot(v, buffers, path + (i,)) for i, v in enumerate(value))
+    return copy.deepcopy(value)
 
 
 @dataclass
@@ -97,10 +119,12 @@ class TorchCheckpointer:
         self.fingerprint = config_fingerprint(self.config)
         self.total_steps = total_steps
         self.attempt = attempt
+        self._writer: ThreadPoolExecutor | None = None
+        self._in_flight: Future[Checkpoint] | None = None
+        self._buffers: dict[tuple[Any, ...], torch.Tensor] = {}  # reused by save_async's snapshots
 
-    def save(self, step: int, *, epoch: int = 0, data_position: dict[str, Any] | None = None,
-             reason: str = "periodic") -> Checkpoint:
-        state = {
+    def _state(self, step: int, epoch: int, data_position: dict[str, Any] | None) -> dict[str, Any]:
+        return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -111,6 +135,8 @@ class TorchCheckpointer:
             "data_position": dict(data_position or {}),
             "config": self.config,
         }
+
+    def _write(self, step: int, state: dict[str, Any], epoch: int, reason: str) -> Checkpoint:
         return self.manager.save(
             step,
             {STATE_FILE: lambda f: torch.save(state, f)},
@@ -120,6 +146,38 @@ class TorchCheckpointer:
             reason=reason,
             fingerprint=self.fingerprint,
         )
+
+    def save(self, step: int, *, epoch: int = 0, data_position: dict[str, Any] | None = None,
+             reason: str = "periodic") -> Checkpoint:
+        """Write and commit checkpoint ``step`` now (after any save still in flight)."""
+        self.wait()
+        return self._write(step, self._state(step, epoch, data_position), epoch, reason)
+
+    def save_async(self, step: int, *, epoch: int = 0, data_position: dict[str, Any] | None = None,
+                   reason: str = "periodic") -> Future[Checkpoint]:
+        """Snapshot the state to CPU memory now; write and commit it in a background thread.
+
+        The training blocks only for the snapshot (and for a previous save still in flight:
+        one at a time, so checkpoints commit in order). Until the commit record is written
+        the previous checkpoint stays the resume point, as with :meth:`save`. The snapshot's
+        memory (one more copy of the state) is kept for the next save. Call
+        :meth:`wait` (or :meth:`save`, which waits) before exiting, e.g. on the notice.
+        Errors of the background write are raised by the next :meth:`wait`.
+        """
+        self.wait()
+        state = self._state(step, epoch, data_position)
+        # the tensors later steps change are copied; the RNG states are fresh copies already
+        snapshot = {key: value if key == "rng" else _snapshot(value, self._buffers, (key,))
+                    for key, value in state.items()}
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._in_flight = self._writer.submit(self._write, step, snapshot, epoch, reason)
+        return self._in_flight
+
+    def wait(self) -> Checkpoint | None:
+        """Block until the save in flight (if any) is committed; return it, or raise its error."""
+        in_flight, self._in_flight = self._in_flight, None
+        return in_flight.result() if in_flight is not None else None
 
     def restore(self) -> Resumed:
         """Load the newest committed checkpoint into the model, optimizer, ... ; a fresh start if none."""

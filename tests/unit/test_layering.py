@@ -24,7 +24,8 @@ def test_core_and_simulator_are_pure():
         "airflow_spot_training.core.policy", "airflow_spot_training.core.policies",
         "airflow_spot_training.core.ledger", "airflow_spot_training.core.contract",
         "airflow_spot_training.core.checkpoint_protocol", "airflow_spot_training.core.deadline",
-        "airflow_spot_training.core.reasons", "airflow_spot_training.simulate",
+        "airflow_spot_training.core.reasons", "airflow_spot_training.core.folder_sync",
+        "airflow_spot_training.simulate",
     ])
     assert result.returncode == 0, result.stderr
 
@@ -33,6 +34,16 @@ def test_training_runtime_runs_without_airflow_or_cloud_sdks():
     result = _import_with_blocked([
         "airflow_spot_training.runtime", "airflow_spot_training.runtime.torch_state",
         "airflow_spot_training.examples.regression",
+        "airflow_spot_training.runtime.folder_sync", "airflow_spot_training.runtime.checkpoint_folder",
+        "airflow_spot_training.examples.plain_folder",
+    ])
+    assert result.returncode == 0, result.stderr
+
+
+def test_framework_adapters_need_their_framework_only():
+    result = _import_with_blocked([
+        "airflow_spot_training.runtime.huggingface", "airflow_spot_training.runtime.lightning",
+        "airflow_spot_training.examples.hf_tiny", "airflow_spot_training.examples.lightning_tiny",
     ])
     assert result.returncode == 0, result.stderr
 

@@ -61,3 +61,33 @@ with _dag("e2e_kill"):
         backend=LocalBackend(command=TRAIN + ["--steps", "100000", "--step-delay", "0.05"], notice_seconds=1),
         deferrable=False, poll_interval=0.5,
     )
+
+
+# -- bring your own script: framework trainings under the synced checkpoint folder --------
+# Spot attempts 1-3 are reclaimed once the prefix holds a checkpoint at step 10, 20, 30:
+# attempts 1 and 2 with a 20 s notice, attempt 3 with none (a hard kill at once). The
+# threshold max_preemptions=3 puts attempt 4 on on-demand, which finishes.
+BYO_PREEMPTIONS = step_preemptions([10, 20, 30], notice_seconds=[20, 20, 0])
+BYO_SYNC = {"poll_seconds": 0.2, "settle_seconds": 1.0}
+
+for byo_dag_id, module in (("e2e_byo_hf", "hf_tiny"), ("e2e_byo_lightning", "lightning_tiny")):
+    with _dag(byo_dag_id):
+        SpotTrainingOperator(
+            task_id="train",
+            backend=LocalBackend(
+                command=[sys.executable, "-m", f"airflow_spot_training.examples.{module}",
+                         "--steps", "40", "--save-steps", "5", "--step-delay", "0.1"],
+                env={"HF_HUB_OFFLINE": "1"},
+                preemptions=BYO_PREEMPTIONS, checkpoint_sync=BYO_SYNC),
+            max_preemptions=3, poll_interval=0.5, deadline="1h",
+        )
+
+with _dag("e2e_byo_plain"):
+    SpotTrainingOperator(
+        task_id="train",
+        backend=LocalBackend(
+            command=[sys.executable, "-m", "airflow_spot_training.examples.plain_folder",
+                     "--steps", "30", "--write-every", "3", "--step-seconds", "0.3"],
+            preemptions=step_preemptions([9], notice_seconds=[5]), checkpoint_sync=BYO_SYNC),
+        max_preemptions=1, poll_interval=0.5, deadline="1h",
+    )

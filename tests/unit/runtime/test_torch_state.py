@@ -74,3 +74,47 @@ class TestExactResume:
         assert "refusing to resume from the checkpoint at step 120" in message
         assert "lr: 0.01 -> 0.5" in message
         assert "new checkpoint_prefix" in message
+
+
+class TestAsyncSave:
+    def _checkpointer(self, root: Path):
+        from airflow_spot_training.runtime.torch_state import TorchCheckpointer
+
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 2)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+        model(torch.randn(3, 4)).sum().backward()
+        optimizer.step()
+        return model, optimizer, TorchCheckpointer(CheckpointManager(str(root), keep_last=2), model=model,
+                                                   optimizer=optimizer, config={"c": 1})
+
+    def test_the_snapshot_is_the_state_at_the_call_not_at_the_write(self, tmp_path):
+        model, optimizer, ckpt = self._checkpointer(tmp_path)
+        at_save = {k: v.clone() for k, v in model.state_dict().items()}
+        future = ckpt.save_async(1, data_position={"batch": 3})
+        with torch.no_grad():
+            model.weight.add_(100.0)  # training goes on while the write runs
+        assert future.result().step == 1
+        assert ckpt.wait().step == 1 and ckpt.wait() is None  # reported once
+        _, _, fresh = self._checkpointer(tmp_path)
+        resumed = fresh.restore()
+        assert resumed.step == 1 and resumed.data_position == {"batch": 3}
+        for name, value in at_save.items():
+            assert torch.equal(fresh.model.state_dict()[name], value)
+
+    def test_saves_commit_in_order_and_a_sync_save_waits(self, tmp_path):
+        _, _, ckpt = self._checkpointer(tmp_path)
+        ckpt.save_async(1)
+        ckpt.save_async(2)  # waits for 1 first
+        ckpt.save(3, reason="interruption")  # waits for 2, then writes 3 itself
+        assert [c.step for c in CheckpointManager(str(tmp_path)).committed()] == [2, 3]
+        assert CheckpointManager(str(tmp_path)).latest().record.reason == "interruption"
+
+    def test_a_failed_background_write_is_raised_by_the_next_wait(self, tmp_path):
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        _, _, ckpt = self._checkpointer(blocker / "ck")  # a prefix under a file cannot be written
+        ckpt.save_async(1)
+        with pytest.raises((CheckpointError, OSError), match="Not a directory|could not write"):
+            ckpt.wait()
+        assert ckpt.wait() is None
