@@ -168,6 +168,9 @@ class Fleet:
         self.closed = threading.Event()
         #: exceptions raised in machine threads (a harness bug must not pass silently)
         self.errors: list[BaseException] = []
+        #: one absolute path for every machine's local disk folder: a symlink the fleet points at
+        #: the newest machine's own empty folder, so a relaunch never finds its predecessor's files
+        self.local_disk = root / "local-disk"
 
     # -- processes ---------------------------------------------------------------------
     def start(self, label: str, attempt: int, capacity: str, argv: list[str], env: dict[str, str],
@@ -178,6 +181,7 @@ class Fleet:
             index = len(self.processes)
         workdir = cwd or self.root / f"{label}-{index}"
         workdir.mkdir(parents=True, exist_ok=True)
+        self._point_local_disk_at(workdir / "local-disk")
         console = self.root / f"{label}-{index}.console"
         with open(console, "ab") as out:
             popen = subprocess.Popen(argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
@@ -187,6 +191,12 @@ class Fleet:
         with self.lock:
             self.processes.append(process)
         return process
+
+    def _point_local_disk_at(self, folder: Path) -> None:
+        folder.mkdir(exist_ok=True)
+        link = self.root / f".local-disk-{os.getpid()}-{threading.get_ident()}"
+        link.symlink_to(folder)
+        os.replace(link, self.local_disk)
 
     def spawn(self, target: Any, *args: Any) -> None:
         """Run a machine's controller in a daemon thread; its exceptions are kept in :attr:`errors`."""

@@ -412,3 +412,31 @@ def test_describe_has_no_side_effects(cloud: Cloud) -> None:
 def _launching(run: TaskRun) -> bool:
     ledger = run.ledger()
     return bool(ledger and ledger["attempts"] and ledger["attempts"][-1]["outcome"] == "launching")
+
+
+SAGEMAKER_SYNCS_ITSELF = pytest.mark.skip(
+    reason="SageMaker syncs CheckpointConfig.LocalPath itself; checkpoint_sync is for the other backends")
+
+
+@pytest.mark.parametrize("cloud", backends("synced_folder", skip={"sagemaker": SAGEMAKER_SYNCS_ITSELF}),
+                         indirect=True)
+def test_a_plain_script_under_the_synced_folder_resumes_from_its_last_finished_write(cloud: Cloud) -> None:
+    """The training only writes files into a local folder; the backend's checkpoint_sync does the rest."""
+    training = Training(script="plain_folder.py", steps=12, every=3, extra=["--pause-at", "7"])
+    # the reclaim comes once the wrapper committed state-6, the newest write, whatever the machine's speed
+    cloud.reclaim(attempt=1, when=r'"action": "committed".*"step": 6\b')
+    sync: dict[str, object] = {"settle_seconds": 0.2, "poll_seconds": 0.05}
+    if cloud.name != "local":  # local: a folder in each attempt's own directory already
+        sync["local_dir"] = str(cloud.fleet.local_disk)  # not /mnt/checkpoint: each machine's own folder
+    outcome = TaskRun().run_try(cloud.operator(training, cloud.prefix(), max_preemptions=1,
+                                               backend_options={"checkpoint_sync": sync}))
+
+    assert outcome.error is None, outcome.error
+    summary = outcome.result
+    assert attempts(summary) == [("spot", "preempted"), ("on_demand", "succeeded")]
+    logs = cloud.logs()
+    assert any("attempt 2: starting at step 6" in log for log in logs)  # restored the newest finished write
+    assert any('"action": "restored", ' in log and '"step": 6,' in log for log in logs)  # from the prefix
+    assert any("done at step 12 total 66" in log for log in logs)  # no step lost or counted twice
+    assert summary["attempts"][1]["start_step"] == 6 and summary["final_checkpoint_step"] == 12
+    assert_nothing_left(cloud)
