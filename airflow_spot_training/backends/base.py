@@ -56,7 +56,7 @@ from airflow_spot_training.core.policy import Capacity
 
 __all__ = [
     "AttemptHandle", "AttemptLink", "AttemptState", "AttemptStatus", "BackendConfigError", "CapacityUnavailable",
-    "CloudActionRequired", "LaunchRequest", "SpotBackend", "SpotCapacityUnavailable", "argument",
+    "CloudActionRequired", "LaunchRequest", "SpotBackend", "SpotCapacityUnavailable", "TrainingLog", "argument",
     "resolve_backend",
 ]
 
@@ -139,6 +139,28 @@ class AttemptLink:
 
     def to_dict(self) -> dict[str, str]:
         return {"name": self.label, "url": self.url}
+
+
+#: lines of a failed attempt's training log copied into the task log
+TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class TrainingLog:
+    """The last lines of one attempt's training output, as the backend could read them.
+
+    :param source: where they come from, for the reader (``CloudWatch Logs group/stream``,
+        ``EC2 console output of i-...``, a file path).
+    :param lines: the lines, oldest first, not yet redacted.
+    """
+
+    source: str
+    lines: list[str]
+
+    @classmethod
+    def from_text(cls, source: str, text: str, lines: int) -> TrainingLog:
+        """The last ``lines`` non-empty lines of ``text``."""
+        return cls(source, [line for line in text.splitlines() if line.strip()][-lines:])
 
 
 def argument(default: Any = PydanticUndefined, doc: str = "", *, templated: bool = False,
@@ -351,6 +373,15 @@ class SpotBackend(BaseModel, ABC):
     def attempt_links(self, handle: AttemptHandle) -> list[AttemptLink]:
         """Pages about this attempt (console, logs), one per label of :attr:`link_labels`."""
         return []
+
+    def training_log(self, handle: AttemptHandle, lines: int = TAIL_LINES) -> TrainingLog | None:
+        """The last ``lines`` lines of the attempt's training output; ``None`` when none can be read.
+
+        Read on the worker after the attempt ended (a failed attempt's lines go to the task
+        log, redacted); it may call the cloud, and it raises nothing the operator must handle
+        beyond a plain exception (logged as a warning).
+        """
+        return None
 
     # -- triggerer side (async) --------------------------------------------------------------
     async def aspot_available(self, handle: AttemptHandle) -> bool | None:

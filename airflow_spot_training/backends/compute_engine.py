@@ -45,6 +45,7 @@ from pydantic import PositiveFloat, field_validator, model_validator
 from airflow_spot_training.backends import google_cloud as gc
 from airflow_spot_training.backends.base import (
     CHECKPOINT_SYNC_DOC,
+    TAIL_LINES,
     AttemptHandle,
     AttemptLink,
     AttemptState,
@@ -54,6 +55,7 @@ from airflow_spot_training.backends.base import (
     CloudActionRequired,
     LaunchRequest,
     SpotBackend,
+    TrainingLog,
     argument,
     check_env_names,
 )
@@ -160,6 +162,7 @@ class ComputeEngineSpotBackend(SpotBackend):
     emulator_host: str | None = argument(
         None, "base URL of an emulator of the Compute Engine API (http://127.0.0.1:PORT); no credentials "
               "are used. For tests")
+    logging_emulator_host: str | None = argument(None, gc.LOGGING_EMULATOR_DOC)
     storage_options: dict[str, Any] | None = argument(
         None, "gcsfs options for reading the checkpoint prefix and result records (default: Application "
               "Default Credentials)")
@@ -316,6 +319,17 @@ class ComputeEngineSpotBackend(SpotBackend):
             links.insert(0, AttemptLink("Compute Engine VM", INSTANCE_CONSOLE.format(
                 zone=vm.zone, name=vm.name, project=vm.project)))
         return links
+
+    def training_log(self, handle: AttemptHandle, lines: int = TAIL_LINES) -> TrainingLog | None:
+        """The VM's last lines in Cloud Logging (the startup script's output, the training's included)."""
+        vm = self._typed(handle)
+        if self.emulator_host and not self.logging_emulator_host:
+            return None  # against an emulator, never the real Cloud Logging
+        credentials, _ = gc.credentials_and_project(self.gcp_conn_id, self.impersonation_chain,
+                                                    self.logging_emulator_host)
+        log_filter = f'resource.type="gce_instance" AND labels."compute.googleapis.com/resource_name"="{vm.name}"'
+        found = gc.read_log_tail(credentials, vm.project, log_filter, lines, self.logging_emulator_host)
+        return TrainingLog(f"Cloud Logging, VM {vm.name}", found) if found else None
 
     # -- worker side ---------------------------------------------------------------------
     def launch(self, request: LaunchRequest) -> ComputeEngineHandle:

@@ -30,6 +30,12 @@ Detection (:meth:`EC2SpotBackend.poll`, in the triggerer)
     failure with its reason. All triggers of one triggerer share one
     ``DescribeInstances`` call per region and interval (:mod:`.ec2_batching`).
 
+Logs
+    The bootstrap copies the last lines of the training's output to the instance's console
+    before it shuts down; with ``log_group`` a shipper also sends the whole output to a
+    CloudWatch Logs stream per attempt (:mod:`~airflow_spot_training.bootstrap.cloudwatch_logs`).
+    :meth:`EC2SpotBackend.training_log` reads a failed attempt's last lines from there.
+
 Cost
     The spot price at launch comes from ``DescribeSpotPriceHistory``; the on-demand
     price from ``on_demand_prices`` or, when ``use_pricing_api`` is on, the Pricing API.
@@ -38,6 +44,8 @@ Cost
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import dataclasses
 import json
 import logging
@@ -45,6 +53,7 @@ import shlex
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
@@ -66,7 +75,9 @@ from airflow_spot_training.backends.base import (
     CheckpointSync,
     CloudActionRequired,
     LaunchRequest,
+    TAIL_LINES,
     SpotBackend,
+    TrainingLog,
     argument,
     check_env_names,
 )
@@ -104,6 +115,8 @@ ENDED_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
 CONSISTENCY_GRACE = 120.0
 #: the console page of an instance (the Amazon provider's EC2InstanceLink format, any partition)
 INSTANCE_CONSOLE = "https://console.{aws_domain}/ec2/home?region={region_name}#InstanceDetails:instanceId={instance_id}"
+LOG_STREAM_CONSOLE = ("https://console.{aws_domain}/cloudwatch/home?region={region_name}#logsV2:log-groups/log-group/"
+                      "{group}/log-events/{stream}")
 
 SPOT_QUOTA = ("'All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests' (L-34B43A08), or the "
               "family's own spot quota (G and VT: L-3819A6DF, P: L-7212CCBC, Inf: L-B5D1601B)")
@@ -136,7 +149,7 @@ class EC2SpotBackend(SpotBackend):
     handle_type = EC2Handle
     default_restart_overhead = 180.0
     positional_argument = "command"
-    link_labels = ("EC2 instance",)
+    link_labels = ("EC2 instance", "Logs")
     checkpoint_schemes = frozenset({"s3", "gs", "file"})
 
     command: str | list[str] = argument(
@@ -172,6 +185,11 @@ class EC2SpotBackend(SpotBackend):
     checkpoint_sync: CheckpointSync = argument(
         None, CHECKPOINT_SYNC_DOC + "; the folder is /mnt/checkpoint unless local_dir is set (the AMI needs "
               "python3 with airflow-spot-training[runtime] and s3fs)")
+    log_group: str | None = argument(
+        None, "a CloudWatch Logs group (it must exist) the bootstrap ships the training's output to, redacted, "
+              "one stream per attempt named after its token (the AMI needs python3 with boto3 and "
+              "airflow-spot-training; the instance profile logs:CreateLogStream and logs:PutLogEvents); "
+              "without it the output is read from the instance's console output", min_length=1)
     user_data_template: str | None = argument(
         None, "a replacement for the shipped bootstrap template, with the same @@NAME@@ placeholders")
     on_demand_prices: dict[str, PositiveFloat] | PositiveFloat | None = argument(
@@ -382,6 +400,7 @@ class EC2SpotBackend(SpotBackend):
         return render_ec2_user_data(
             request.contract, command=command, container_image=self.container_image, env=self.env,
             secrets=self.secrets, template=self.user_data_template,
+            log_group=self.log_group, log_region=self._region() if self.log_group else None,
         )
 
     def _tags(self, request: LaunchRequest) -> dict[str, str]:
@@ -421,9 +440,38 @@ class EC2SpotBackend(SpotBackend):
     def attempt_links(self, handle: AttemptHandle) -> list[AttemptLink]:
         ec2 = self.load_handle(handle)
         assert isinstance(ec2, EC2Handle)
-        url = INSTANCE_CONSOLE.format(aws_domain=console_domain(ec2.partition), region_name=ec2.region,
-                                      instance_id=ec2.instance_id)
-        return [AttemptLink("EC2 instance", url)]
+        domain = console_domain(ec2.partition)
+        links = [AttemptLink("EC2 instance", INSTANCE_CONSOLE.format(aws_domain=domain, region_name=ec2.region,
+                                                                     instance_id=ec2.instance_id))]
+        if self.log_group:
+            links.append(AttemptLink("Logs", LOG_STREAM_CONSOLE.format(
+                aws_domain=domain, region_name=ec2.region, group=_console_escape(self.log_group),
+                stream=_console_escape(ec2.token))))
+        return links
+
+    def training_log(self, handle: AttemptHandle, lines: int = TAIL_LINES) -> TrainingLog | None:
+        """From the CloudWatch stream with ``log_group``, else from the instance's console output."""
+        ec2 = self.load_handle(handle)
+        assert isinstance(ec2, EC2Handle)
+        if self.log_group:
+            shipped = self._cloudwatch_tail(ec2.token, lines)
+            if shipped is not None:
+                return shipped
+        output = self.client.get_console_output(InstanceId=ec2.instance_id, Latest=True).get("Output")
+        if not output:
+            return None
+        return TrainingLog.from_text(f"console output of {ec2.instance_id}", _console_text(output), lines)
+
+    def _cloudwatch_tail(self, stream: str, lines: int) -> TrainingLog | None:
+        logs = make_hook(self.aws_conn_id, self.region_name, "logs", self.botocore_config, self.verify).conn
+        try:
+            events = logs.get_log_events(logGroupName=self.log_group, logStreamName=stream, startFromHead=False,
+                                         limit=lines)["events"]
+        except logs.exceptions.ResourceNotFoundException:
+            return None  # nothing shipped (the shipper never started): the console has it
+        if not events:
+            return None
+        return TrainingLog(f"CloudWatch Logs {self.log_group}/{stream}", [event["message"] for event in events])
 
     def find(self, request: LaunchRequest) -> EC2Handle | None:
         """The attempt's instance, live or ended, found by its token tag (newest first)."""
@@ -734,3 +782,16 @@ def on_demand_price_from_product(price_list: list[Any]) -> float | None:
 def _pool_label(pool: dict[str, str]) -> str:
     where = pool.get("subnet_id") or pool.get("availability_zone") or "any-az"
     return f"{pool.get('instance_type') or 'template-type'}@{where}"
+
+
+def _console_escape(name: str) -> str:
+    """A log group or stream name as the CloudWatch console's URL fragment spells it."""
+    return quote(name, safe="").replace("%", "$25")
+
+
+def _console_text(output: str) -> str:
+    """GetConsoleOutput's ``Output`` is base64 (boto3 leaves it so); tolerate plain text."""
+    try:
+        return base64.b64decode(output, validate=True).decode(errors="replace")
+    except (binascii.Error, ValueError):
+        return output

@@ -9,6 +9,7 @@ messages that name the permission, the quota or the argument to fix.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
@@ -51,6 +52,33 @@ def credentials_and_project(
 
     hook = GoogleBaseHook(gcp_conn_id=gcp_conn_id, impersonation_chain=impersonation_chain)
     return hook.get_credentials_and_project_id()
+
+
+# -- logs ----------------------------------------------------------------------------------
+LOGGING_EMULATOR_DOC = ("base URL of an emulator of the Cloud Logging API (http://127.0.0.1:PORT) the last lines of "
+                        "a failed attempt are read from; no credentials are used. For tests")
+
+
+def read_log_tail(credentials: Credentials, project: str, log_filter: str, lines: int,
+                  emulator_host: str | None = None) -> list[str]:
+    """The newest ``lines`` Cloud Logging entries matching ``log_filter``, oldest first, as text.
+
+    Through the Cloud Logging JSON API (``entries.list``) with the connection's credentials
+    (``roles/logging.viewer``); against an emulator, at ``emulator_host``.
+    """
+    from google.cloud import logging as cloud_logging
+
+    client = cloud_logging.Client(project=project, credentials=credentials, _use_grpc=False,
+                                  client_options={"api_endpoint": emulator_host} if emulator_host else None)
+    entries = client.list_entries(resource_names=[f"projects/{project}"], filter_=log_filter,
+                                  order_by=cloud_logging.DESCENDING, max_results=lines, page_size=lines)
+    return [_entry_text(entry.payload) for entry in entries][::-1]
+
+
+def _entry_text(payload: Any) -> str:
+    if isinstance(payload, Mapping):
+        return str(payload.get("message") or json.dumps(payload, sort_keys=True, default=str))
+    return "" if payload is None else str(payload)
 
 
 def validate_common(*, project_id: str | None, emulator_host: str | None) -> None:

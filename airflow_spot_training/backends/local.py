@@ -64,8 +64,10 @@ from airflow_spot_training.backends.base import (
     BackendConfigError,
     CapacityUnavailable,
     CheckpointSync,
+    TAIL_LINES,
     LaunchRequest,
     SpotBackend,
+    TrainingLog,
     argument,
     check_env_names,
 )
@@ -76,6 +78,8 @@ STATUS_FILE = "status.json"
 LAUNCH_FILE = "launch.json"
 SPEC_FILE = "spec.json"
 LOG_FILE = "training.log"
+#: bytes read from the end of a log for its last lines
+LOG_TAIL_BYTES = 256 * 1024
 #: environment variables of the deployment itself, never handed to a training
 PRIVATE_ENV_PREFIXES = ("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_")
 
@@ -435,6 +439,15 @@ class LocalBackend(SpotBackend):
         local = self.load_handle(handle)
         assert isinstance(local, LocalHandle)
         return [AttemptLink("Training log", f"file://{self.log_path(local)}")]
+
+    def training_log(self, handle: AttemptHandle, lines: int = TAIL_LINES) -> TrainingLog | None:
+        path = Path(self.log_path(handle))
+        if not path.exists():
+            return None
+        with open(path, "rb") as log:
+            log.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+            text = log.read().decode(errors="replace")
+        return TrainingLog.from_text(str(path), text, lines)
 
     def log_path(self, handle: AttemptHandle) -> str:
         local = self.load_handle(handle)

@@ -39,12 +39,14 @@ from airflow_spot_training.backends.aws_connection import (
 )
 from airflow_spot_training.backends.base import (
     AttemptHandle,
+    TAIL_LINES,
     AttemptLink,
     AttemptState,
     AttemptStatus,
     CloudActionRequired,
     LaunchRequest,
     SpotBackend,
+    TrainingLog,
     argument,
     check_env_names,
 )
@@ -62,6 +64,8 @@ _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 _NOT_FOUND = re.compile(r"not find|not found|does not exist", re.I)
 DEFAULT_LOCAL_PATH = "/opt/ml/checkpoints"
 JOB_CONSOLE = "https://console.{aws_domain}/sagemaker/home?region={region_name}#/jobs/{job_name}"
+#: where SageMaker sends a training job's output: one stream per instance, ``<job name>/algo-<n>-<epoch>``
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 LOGS_CONSOLE = ("https://console.{aws_domain}/cloudwatch/home?region={region_name}#logsV2:log-groups/log-group/"
                 "$252Faws$252Fsagemaker$252FTrainingJobs$3FlogStreamNameFilter$3D{job_name}")
 
@@ -276,6 +280,27 @@ class SageMakerSpotBackend(SpotBackend):
         fields = {"aws_domain": console_domain(job.partition), "region_name": job.region, "job_name": job.job_name}
         return [AttemptLink("SageMaker job", JOB_CONSOLE.format(**fields)),
                 AttemptLink("Logs", LOGS_CONSOLE.format(**fields))]
+
+    def training_log(self, handle: AttemptHandle, lines: int = TAIL_LINES) -> TrainingLog | None:
+        """The job's last lines in CloudWatch Logs (every instance's stream, by time)."""
+        job = self._typed(handle)
+        logs = make_hook(self.aws_conn_id, self.region_name, "logs", self.botocore_config, self.verify).conn
+        try:
+            streams = logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{job.job_name}/")
+        except logs.exceptions.ResourceNotFoundException:
+            return None  # the job never started a container
+        names = [stream["logStreamName"] for stream in streams.get("logStreams", [])]
+        events: list[tuple[int, str]] = []
+        for name in names:
+            host = name.split("/", 1)[1].rsplit("-", 1)[0] if "/" in name else name
+            for event in logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=name, startFromHead=False,
+                                             limit=lines)["events"]:
+                message = event["message"] if len(names) == 1 else f"[{host}] {event['message']}"
+                events.append((int(event["timestamp"]), message))
+        if not events:
+            return None
+        events.sort(key=lambda item: item[0])
+        return TrainingLog(f"CloudWatch Logs {LOG_GROUP}/{job.job_name}", [message for _, message in events][-lines:])
 
     def _action_required(self, error: Exception, request: LaunchRequest) -> CloudActionRequired:
         code, message = error_code(error), error_message(error)

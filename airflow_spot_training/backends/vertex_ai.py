@@ -47,6 +47,7 @@ from pydantic import PositiveFloat, field_validator, model_validator
 from airflow_spot_training.backends import google_cloud as gc
 from airflow_spot_training.backends.base import (
     CHECKPOINT_SYNC_DOC,
+    TAIL_LINES,
     AttemptHandle,
     AttemptLink,
     AttemptState,
@@ -56,6 +57,7 @@ from airflow_spot_training.backends.base import (
     CloudActionRequired,
     LaunchRequest,
     SpotBackend,
+    TrainingLog,
     argument,
     check_env_names,
 )
@@ -163,6 +165,7 @@ class VertexAISpotBackend(SpotBackend):
         None, "a service account to impersonate (or a chain)")
     emulator_host: str | None = argument(
         None, "host:port of an emulator of the Vertex AI JobService (plain gRPC, no credentials). For tests")
+    logging_emulator_host: str | None = argument(None, gc.LOGGING_EMULATOR_DOC)
     storage_options: dict[str, Any] | None = argument(None, "gcsfs options for reading the checkpoint prefix")
     spot_price_per_hour: PositiveFloat | None = argument(
         None, "price of the job's machines on spot, for cost estimates")
@@ -357,6 +360,19 @@ class VertexAISpotBackend(SpotBackend):
         fields = {"region": job.region, "job_id": job.job_id, "project": job.project}
         return [AttemptLink("Vertex AI job", JOB_CONSOLE.format(**fields)),
                 AttemptLink("Logs", LOGS_CONSOLE.format(**fields))]
+
+    def training_log(self, handle: AttemptHandle, lines: int = TAIL_LINES) -> TrainingLog | None:
+        """The job's last lines in Cloud Logging (every replica's output)."""
+        job = self._typed(handle)
+        if "/customJobs/" not in job.name:
+            return None
+        if self.emulator_host and not self.logging_emulator_host:
+            return None  # against an emulator, never the real Cloud Logging
+        credentials, _ = gc.credentials_and_project(self.gcp_conn_id, self.impersonation_chain,
+                                                    self.logging_emulator_host)
+        log_filter = f'resource.type="ml_job" AND resource.labels.job_id="{job.job_id}"'
+        found = gc.read_log_tail(credentials, job.project, log_filter, lines, self.logging_emulator_host)
+        return TrainingLog(f"Cloud Logging, job {job.job_id}", found) if found else None
 
     # -- worker side ---------------------------------------------------------------------
     def launch(self, request: LaunchRequest) -> VertexAIHandle:

@@ -11,6 +11,7 @@ import shlex
 from importlib import resources
 
 from airflow_spot_training.core.contract import Contract
+from airflow_spot_training.core.redaction import sensitive_name
 
 EC2_TEMPLATE = "ec2_user_data.sh"
 #: EC2 accepts at most 16 KB of user data (before base64)
@@ -31,6 +32,8 @@ def render_ec2_user_data(
     secrets: dict[str, str] | None = None,
     shutdown_command: str = "shutdown -h now",
     log_file: str = "/var/log/spot-training.log",
+    log_group: str | None = None,
+    log_region: str | None = None,
     template: str | None = None,
 ) -> str:
     """Fill the user-data template for one attempt; every value is shell-quoted.
@@ -44,6 +47,9 @@ def render_ec2_user_data(
         (``{name: secret id or ARN}``); only the references are in the user data.
     :param shutdown_command: what ends the machine once the result record is written.
     :param log_file: where the script and the training log to on the instance.
+    :param log_group: a CloudWatch Logs group the training's output is shipped to (redacted),
+        one stream per attempt named after its token; ``None``: the console output only.
+    :param log_region: the group's region.
     :param template: a replacement template with the same ``@@NAME@@`` placeholders.
     """
     env = dict(env or {})
@@ -63,6 +69,10 @@ def render_ec2_user_data(
         "CONTAINER_IMAGE": container_image or "",
         "SHUTDOWN_COMMAND": shutdown_command,
         "LOG_FILE": log_file,
+        "LOG_GROUP": log_group or "",
+        "LOG_REGION": log_region or "",
+        # values masked before a line is shipped: the resolved secrets, env entries named like secrets
+        "REDACT_ENV": ",".join(sorted({*secrets, *(name for name in env if sensitive_name(name))})),
     }
     text = template if template is not None else ec2_template()
     for key, value in values.items():

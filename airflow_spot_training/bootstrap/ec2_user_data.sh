@@ -15,6 +15,12 @@
 #      the state reason becomes Client.InstanceInitiatedShutdown: "the training ended",
 #      how it ended read from the result record.
 #
+# The training's output goes to the log file only (never into a pipe that could break under
+# it during its emergency checkpoint). Before shutting down, the script copies the file's
+# last lines to the instance's console (GetConsoleOutput, which the backend reads when the
+# attempt failed); with log_group= a shipper (airflow_spot_training.bootstrap.cloudwatch_logs)
+# also sends the whole log, redacted, to a CloudWatch Logs stream named after the token.
+#
 # A spot reclaim that lands while the training runs terminates the instance from outside
 # (Server.SpotInstanceTermination), and the backend reports a preemption unless the record
 # says the training had already exited 0. Training code gets the two-minute notice through
@@ -43,11 +49,27 @@ export SPOT_TRAINING_TOKEN=@@TOKEN@@
 @@EXTRA_ENV@@
 TRAINING_COMMAND=@@COMMAND@@
 CONTAINER_IMAGE=@@CONTAINER_IMAGE@@
+LOG_GROUP=@@LOG_GROUP@@
+LOG_REGION=@@LOG_REGION@@
+REDACT_ENV=@@REDACT_ENV@@
 SHUTDOWN_COMMAND="${SPOT_TRAINING_SHUTDOWN_COMMAND:-}"; [ -n "$SHUTDOWN_COMMAND" ] || SHUTDOWN_COMMAND=@@SHUTDOWN_COMMAND@@
 LOG_FILE="${SPOT_TRAINING_LOG_FILE:-}"; [ -n "$LOG_FILE" ] || LOG_FILE=@@LOG_FILE@@
 IMDS_URL="${SPOT_TRAINING_IMDS_URL:-http://169.254.169.254}"
 
 log() { echo "[spot-training] $(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$LOG_FILE" >&2; }
+
+start_log_shipping() {  # with log_group=: after the secrets are resolved, so their values can be masked
+  SHIPPER=""
+  [ -n "$LOG_GROUP" ] || return 0
+  python3 -m airflow_spot_training.bootstrap.cloudwatch_logs --file "$LOG_FILE" --group "$LOG_GROUP" \
+    --stream "$SPOT_TRAINING_TOKEN" --region "$LOG_REGION" --redact-env "$REDACT_ENV" &
+  SHIPPER=$!
+}
+
+stop_log_shipping() {  # it sends what is left, then exits
+  [ -n "$SHIPPER" ] || return 0
+  kill -TERM "$SHIPPER" 2>/dev/null && wait "$SHIPPER"
+}
 
 imds() {  # $1: a meta-data path; prints the body, fails on any answer but 200
   local token
@@ -66,6 +88,7 @@ resolve_secret() {  # $1: a Secrets Manager secret id (name or ARN); prints its 
   fi
 }
 @@SECRETS@@
+start_log_shipping
 
 run_training() {
   if [ -n "$CONTAINER_IMAGE" ]; then
@@ -119,4 +142,6 @@ for i in 1 2 3 4 5; do
   sleep $((i * 2))
 done
 log "shutting down"
+stop_log_shipping
+{ echo "[spot-training] the last lines of $LOG_FILE:"; tail -n 200 "$LOG_FILE"; } >&2  # the console keeps them
 $SHUTDOWN_COMMAND

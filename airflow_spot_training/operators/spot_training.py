@@ -74,6 +74,7 @@ from airflow_spot_training.core.policy import (
     format_duration,
     serialize_policy,
 )
+from airflow_spot_training.core.redaction import redact, redact_lines, secret_values_of
 from airflow_spot_training.links.spot_training import AttemptPageLink, CheckpointLink, attempt_page_links
 from airflow_spot_training.metrics import emit_ledger_changes
 from airflow_spot_training.runtime.checkpoint import CheckpointError, CheckpointManager
@@ -924,7 +925,7 @@ class SpotTrainingOperator(BaseOperator):
             return self._continue_after(context, ledger, record, in_new_try)
         state = event.kind.attempt_state
         assert state is not None
-        record.reason = event.reason
+        record.reason = redact(event.reason, self._secret_values())  # it may quote the training's stderr
         record.started_at = event.started_at or record.started_at or record.launched_at
         record.ended_at = event.ended_at or time.time()
         counted = max(0, event.preemptions - record.ignored_interruptions)
@@ -937,6 +938,8 @@ class SpotTrainingOperator(BaseOperator):
                              f"attempt ended ({event.kind.value}: {event.reason})")  # type: ignore[union-attr]
         record.outcome = state
         self._save(context, ledger)
+        if state is AttemptState.FAILED:
+            self._show_training_log(record)  # before the release: some clouds drop a machine's output with it
         if event.kind is not EventKind.SUCCEEDED or self.backend.releases_after_success:
             self._release(record)
         self.log.info(
@@ -944,6 +947,25 @@ class SpotTrainingOperator(BaseOperator):
             record.number, record.capacity, state.value, record.reason, record.checkpoint_step, ledger.preemptions,
         )
         return self._continue_after(context, ledger, record, in_new_try)
+
+    def _secret_values(self) -> list[str]:
+        """Values the training was given that must never be shown: its env entries named like secrets."""
+        env = getattr(self.backend, "env", None) or getattr(self.backend, "environment", None) or {}
+        return secret_values_of(env)
+
+    def _show_training_log(self, record: AttemptRecord) -> None:
+        """The last lines a failed attempt's training printed, redacted, in the task log."""
+        try:
+            training_log = self.backend.training_log(self._handle_of(record))
+        except Exception as e:  # the failure is what matters; its log is a courtesy
+            self.log.warning("could not read attempt %s's training log: %s", record.number, e)
+            return
+        if training_log is None or not training_log.lines:
+            self.log.info("attempt %s left no training log to show here; see its links", record.number)
+            return
+        lines = redact_lines(training_log.lines, self._secret_values())
+        self.log.error("the last %d lines of attempt %s's training log (%s):\n%s", len(lines), record.number,
+                       training_log.source, "\n".join(f"    {line}" for line in lines))
 
     @staticmethod
     def _record_billing(record: AttemptRecord, details: dict[str, Any]) -> None:

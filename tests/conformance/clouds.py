@@ -60,6 +60,7 @@ from tests.conformance.fleet import (
 )
 from tests.conformance.harness import TaskRun
 from tests.conformance.imds import FakeIMDS
+from tests.fakes.logging_server import CloudLoggingServer
 
 TRAININGS = Path(__file__).parent / "trainings"
 VENV_BIN = str(Path(sys.executable).parent)
@@ -161,6 +162,12 @@ class Cloud(ABC):
                                     progress_log_interval=60, max_preemptions=1)
         args.update(kwargs)
         return SpotTrainingOperator(backend=self.backend(training, **(backend_options or {})), **args)
+
+    def env_option(self, extra: dict[str, str]) -> dict[str, Any]:
+        """Backend options adding ``extra`` to the training's environment (``env=``, or SageMaker's
+        ``environment=``), over what the cloud already passes."""
+        name = "environment" if self.name == "sagemaker" else "env"
+        return {name: {**getattr(self.backend(Training()), name), **extra}}
 
     def outage_policy(self, max_preemptions: int | None = 1) -> ThresholdPolicy:
         """The default rule, waiting one second between two tries for spot capacity."""
@@ -429,6 +436,7 @@ class EC2Cloud(Cloud):
         self.aws = aws
         self.network = _network()
         self.subnets = self.network["subnets"]
+        self.consoles: dict[str, Any] = {}  # instance id -> what its machine printed so far
         self._install(monkeypatch)
 
     def prefix(self, tag: str = "run") -> str:
@@ -455,6 +463,7 @@ class EC2Cloud(Cloud):
     def _install(self, monkeypatch: Any) -> None:
         from moto.ec2.exceptions import EC2ClientError
         from moto.ec2.models.instances import InstanceBackend
+        from moto.ec2.responses.general import General
 
         cloud = self
         run, terminate = InstanceBackend.run_instances, InstanceBackend.terminate_instances
@@ -485,6 +494,17 @@ class EC2Cloud(Cloud):
                 raise EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
             return by_ids(backend, *args, **kwargs)
 
+        def get_console_output(response: Any) -> Any:  # what the machine printed, as EC2 keeps it
+            from moto.core.responses import ActionResult
+            from moto.core.utils import utcnow
+            from moto.ec2.utils import Base64EncodedString
+
+            instance = response.ec2_backend.get_instance(response._get_param("InstanceId"))
+            console = cloud.consoles.get(instance.id)
+            return ActionResult({"InstanceId": instance.id, "Timestamp": utcnow(),
+                                 "Output": Base64EncodedString.from_raw_string(console() if console else "")})
+
+        monkeypatch.setattr(General, "get_console_output", get_console_output)
         monkeypatch.setattr(InstanceBackend, "run_instances", run_instances)
         monkeypatch.setattr(InstanceBackend, "terminate_instances", terminate_instances)
         monkeypatch.setattr(InstanceBackend, "get_reservations_by_instance_ids", describe_by_ids)
@@ -518,6 +538,7 @@ class EC2Cloud(Cloud):
         process = self.fleet.start(instance_id, attempt, capacity, ["bash", str(home / "user-data.sh")], env,
                                    log_path=home / "training.log", cwd=home,
                                    progress_uri=progress_uri(prefix, attempt), storage_options=self.storage_options())
+        self.consoles[instance_id] = process.console
         try:
             self._watch_instance(instance_id, process, shutdown)
         finally:
@@ -729,6 +750,7 @@ class SageMakerCloud(Cloud):
                 return "stopped"
             if not process.alive():
                 sync.upload()
+                self._ship_output(name, process)
                 if kill_at is not None:
                     self.jobs.interrupt(name)
                     return "interrupted"
@@ -752,6 +774,24 @@ class SageMakerCloud(Cloud):
                     kill_at = time.time()
             time.sleep(TICK)
         return "closed"
+
+    def _ship_output(self, name: str, process: MachineProcess) -> None:
+        """What SageMaker does with a container's output: a CloudWatch stream per instance and run."""
+        import boto3
+
+        from tests.aws_cloud import REGION
+
+        logs = boto3.client("logs", region_name=REGION)
+        group, stream = "/aws/sagemaker/TrainingJobs", f"{name}/algo-1-{int(process.started_at)}"
+        for create in (lambda: logs.create_log_group(logGroupName=group),
+                       lambda: logs.create_log_stream(logGroupName=group, logStreamName=stream)):
+            with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+                create()
+        lines = [line for line in process.console().splitlines() if line.strip()]
+        if lines:
+            now = int(time.time() * 1000)
+            logs.put_log_events(logGroupName=group, logStreamName=stream,
+                                logEvents=[{"timestamp": now, "message": line} for line in lines])
 
     def _restart_in_place(self, name: str) -> bool:
         """SageMaker restarts an interrupted spot job once capacity is back: here, once the
@@ -850,6 +890,7 @@ class ComputeEngineCloud(Cloud):
         self.fake.on_insert = self._machine
         self.fake.before_request = self._before_request
         self.deleted_by_api: set[str] = set()
+        self.logging = CloudLoggingServer().__enter__()  # the VMs' console output, as Cloud Logging keeps it
 
     def prefix(self, tag: str = "run") -> str:  # a file system every VM mounts (file://)
         return f"file://{self.root / 'checkpoints' / tag}"
@@ -861,6 +902,7 @@ class ComputeEngineCloud(Cloud):
 
         args: dict[str, Any] = dict(zones=self.ZONES, machine_type="n1-standard-4", command=shlex.join(training.argv()),
                                     project_id="test-project", emulator_host=self.server.endpoint,
+                                    logging_emulator_host=self.logging.endpoint,
                                     service_account="trainer@test-project.iam.gserviceaccount.com",
                                     env={"SPOT_TRAINING_IMDS_URL": self.imds.base_url(None)},
                                     spot_price_per_hour=0.05, on_demand_price_per_hour=0.19)
@@ -953,6 +995,7 @@ class ComputeEngineCloud(Cloud):
             "SPOT_TRAINING_STORAGE_URL": self.server.endpoint,
             "SPOT_TRAINING_COMPUTE_URL": self.server.endpoint,
         }), cwd=home, progress_uri=progress_uri(env["SPOT_TRAINING_CHECKPOINT_URI"], attempt))
+        self.logging.fake.register("gce_instance", name, process.console)
         try:
             self._watch_vm(zone, name, process)
         finally:
@@ -1005,6 +1048,7 @@ class ComputeEngineCloud(Cloud):
     def close(self) -> None:
         super().close()
         self.server.__exit__()
+        self.logging.__exit__()
 
 
 class VertexAICloud(Cloud):
@@ -1019,6 +1063,7 @@ class VertexAICloud(Cloud):
         self.fake = self.server.fake
         self.fake.on_create = self._machine
         self.fake.before_call = self._before_call
+        self.logging = CloudLoggingServer().__enter__()  # the jobs' output, as Cloud Logging keeps it
 
     def prefix(self, tag: str = "run") -> str:  # a file system the jobs mount (file://), as /gcs/ is
         return f"file://{self.root / 'vertex' / tag / 'checkpoints'}"
@@ -1030,6 +1075,7 @@ class VertexAICloud(Cloud):
         args: dict[str, Any] = dict(region="us-central1", machine_type="n1-standard-4",
                                     image_uri="us-docker.pkg.dev/p/train/t:1", command=argv[:1], args=argv[1:],
                                     project_id="test-project", emulator_host=self.server.endpoint,
+                                    logging_emulator_host=self.logging.endpoint,
                                     env={"SPOT_TRAINING_IMDS_URL": self.imds.base_url(None)},
                                     spot_price_per_hour=0.1, on_demand_price_per_hour=0.38)
         args.update(options)
@@ -1079,6 +1125,7 @@ class VertexAICloud(Cloud):
         self.fake.start(job.name)
         process = self.fleet.start(job.name.rsplit("/", 1)[1], attempt, capacity, [*spec.command, *spec.args],
                                    machine_env(env), progress_uri=progress_uri(env["SPOT_TRAINING_CHECKPOINT_URI"], attempt))
+        self.logging.fake.register("ml_job", job.name.rsplit("/", 1)[1], process.console)
         try:
             self._watch_job(job.name, process)
         finally:
@@ -1127,6 +1174,7 @@ class VertexAICloud(Cloud):
     def close(self) -> None:
         super().close()
         self.server.__exit__()
+        self.logging.__exit__()
 
 
 BACKENDS = ["local", "ec2", "sagemaker", "compute_engine", "vertex_ai"]

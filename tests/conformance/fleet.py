@@ -49,6 +49,13 @@ class ReclaimPlan:
     done: bool = False
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 def last_logged_step(log: str) -> int | None:
     steps = STEP_LINE.findall(log)
     return int(steps[-1]) if steps else None
@@ -103,6 +110,8 @@ class MachineProcess:
     ended_at: float | None = None
     progress_uri: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
+    #: what the machine printed on its console (stdout and stderr of the process)
+    console_path: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -116,10 +125,10 @@ class MachineProcess:
         return False
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return _read(self.log_path)
+
+    def console(self) -> str:
+        return _read(self.console_path or self.log_path)
 
     def signal_group(self, signum: int) -> None:
         try:
@@ -187,7 +196,7 @@ class Fleet:
             popen = subprocess.Popen(argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         process = MachineProcess(label, attempt, capacity, log_path or console, popen, progress_uri=progress_uri,
-                                 storage_options=dict(storage_options or {}))
+                                 storage_options=dict(storage_options or {}), console_path=console)
         with self.lock:
             self.processes.append(process)
         return process

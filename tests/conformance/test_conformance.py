@@ -440,3 +440,58 @@ def test_a_plain_script_under_the_synced_folder_resumes_from_its_last_finished_w
     assert any("done at step 12 total 66" in log for log in logs)  # no step lost or counted twice
     assert summary["attempts"][1]["start_step"] == 6 and summary["final_checkpoint_step"] == 12
     assert_nothing_left(cloud)
+
+
+LEAKED_KEY = "wandb-key-3f9a1c77e0b24d5e"
+
+
+def _shown_training_log(task_log: str) -> str:
+    """The operator's message with the training's last lines (the task log is its stdout here)."""
+    start = task_log.find("lines of attempt 1's training log")
+    assert start >= 0, f"no training log lines in the task log:\n{task_log}"
+    return task_log[start:task_log.find("spot_training.py", start)]
+
+
+@pytest.mark.parametrize("cloud", backends("failure_log"), indirect=True)
+def test_a_failed_attempt_shows_its_last_lines_in_the_task_log_with_secrets_redacted(
+        cloud: Cloud, capsys: pytest.CaptureFixture[str]) -> None:
+    training = Training(script="fails_loudly.py", steps=3, every=1)
+    run = TaskRun()
+    outcome = run.run_try(cloud.operator(training, cloud.prefix(),
+                                         backend_options=cloud.env_option({"WANDB_API_KEY": LEAKED_KEY})))
+
+    assert outcome.error is not None and "failed" in str(outcome.error)
+    task_log = capsys.readouterr().out
+    shown = _shown_training_log(task_log)
+    assert "ValueError: the loss diverged at step 3" in shown  # the traceback's last line
+    assert "step 3 loss 0.3333" in shown
+    ledger = json.dumps(run.ledger())
+    for secret in (LEAKED_KEY, "hunter2-db-password", "AKIAQ3EXAMPLEKEY7XYZ"):
+        assert secret not in task_log and secret not in str(outcome.error) and secret not in ledger
+    assert "postgresql://trainer:***@db.internal" in shown and "wandb_api_key=***" in shown
+    assert_nothing_left(cloud)
+
+
+@pytest.mark.parametrize("cloud", backends("failure_log_cloudwatch", only=["ec2"]), indirect=True)
+def test_an_ec2_training_ships_its_output_to_cloudwatch_redacted_on_the_machine(
+        cloud: Cloud, capsys: pytest.CaptureFixture[str]) -> None:
+    import boto3
+
+    logs = boto3.client("logs", region_name="us-east-1")
+    logs.create_log_group(logGroupName="/spot-training/conformance")
+    options = {"log_group": "/spot-training/conformance", **cloud.env_option({"WANDB_API_KEY": LEAKED_KEY})}
+    outcome = TaskRun().run_try(cloud.operator(Training(script="fails_loudly.py", steps=3, every=1), cloud.prefix(),
+                                               backend_options=options))
+
+    assert outcome.error is not None
+    shown = _shown_training_log(capsys.readouterr().out)
+    assert "CloudWatch Logs /spot-training/conformance/" in shown
+    assert "ValueError: the loss diverged at step 3" in shown
+    streams = logs.describe_log_streams(logGroupName="/spot-training/conformance")["logStreams"]
+    assert len(streams) == 1  # one stream per attempt, named after its token
+    shipped = "\n".join(event["message"] for event in logs.get_log_events(
+        logGroupName="/spot-training/conformance", logStreamName=streams[0]["logStreamName"],
+        startFromHead=True)["events"])
+    assert "step 1 loss 1.0000" in shipped and "training exited with code 1" in shipped
+    assert LEAKED_KEY not in shipped and "hunter2-db-password" not in shipped  # masked before it left
+    assert_nothing_left(cloud)

@@ -29,7 +29,8 @@ def test_iam_policy_covers_the_backends_calls():
     assert {"ec2:RunInstances", "ec2:CreateTags", "ec2:DescribeInstances", "ec2:TerminateInstances",
             "ec2:DescribeSpotInstanceRequests", "ec2:DescribeSpotPriceHistory", "iam:PassRole",
             "sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob",
-            "sagemaker:AddTags", "s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= actions
+            "sagemaker:AddTags", "s3:GetObject", "s3:PutObject", "s3:ListBucket",
+            "ec2:GetConsoleOutput", "logs:GetLogEvents", "logs:DescribeLogStreams"} <= actions
     assert not any(a.endswith(":*") or a == "*" for a in actions)  # no wildcard actions
 
 
@@ -37,6 +38,7 @@ def test_iam_policy_limits_what_can_be_limited():
     by_sid = {s["Sid"]: s for s in _policy()["Statement"]}
     own = {"aws:ResourceTag/spot-training:deployment": "DEPLOYMENT_ID"}
     assert by_sid["TerminateOnlyOwnInstances"]["Condition"] == {"StringEquals": own}
+    assert by_sid["ReadFailedEC2AttemptsConsole"]["Condition"] == {"StringEquals": own}
     for sid in ("LaunchOnlyTaggedForThisDeployment", "TagOnlyAtLaunch"):
         condition = by_sid[sid]["Condition"]
         assert condition["StringEquals"]["aws:RequestTag/spot-training:deployment"] == "DEPLOYMENT_ID"
