@@ -422,6 +422,12 @@ class AirflowCluster:
                 raise TimeoutError(f"timed out waiting for {what}")
             time.sleep(every)
 
+    def run_key(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+        """The run key the deployment's workers derive (salted with its ``deployment_id``)."""
+        from airflow_spot_training.core.contract import run_key
+
+        return run_key(dag_id, run_id, task_id, map_index, self.env.get("AIRFLOW__SPOT_TRAINING__DEPLOYMENT_ID", ""))
+
     def wait_until(self, predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
         return self._wait(predicate, time.time() + timeout, what, every)
 

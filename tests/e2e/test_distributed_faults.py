@@ -20,7 +20,6 @@ import psutil
 import pytest
 
 from airflow_spot_training.backends.local import request_preemption
-from airflow_spot_training.core.contract import run_key
 from tests.e2e.airflow_cluster import TRIGGERERS, AirflowCluster
 
 FLEET_TASKS = 11  # per run of e2e_fleet (tests/e2e/dags/e2e_spot_training.py)
@@ -148,7 +147,7 @@ def test_worker_killed_between_launch_and_defer(airflow_cluster: AirflowCluster)
     cluster, dag = airflow_cluster, "e2e_worker_crash"
     cluster.wait_for_dag(dag)
     run_id = cluster.trigger(dag)
-    key = run_key(dag, run_id, "train", -1)
+    key = cluster.run_key(dag, run_id, "train")
     marker = cluster.hold_dir / f"{key}-a1.held"
     cluster.wait_until(marker.exists, 120, "the task to launch attempt 1 and hang before deferring")
     task_pid = int(cluster.wait_until(lambda: marker.read_text(), 10, "the marker's pid"))
@@ -170,7 +169,7 @@ def test_worker_killed_between_launch_and_defer(airflow_cluster: AirflowCluster)
     recorded = assert_one_process_per_attempt(cluster, ledger)
     assert len(recorded) == 1
     again = json.loads((cluster.state_dir / key / "attempt-1" / "launch.json").read_text())
-    assert again.supervisor_pid == launch["supervisor_pid"]
+    assert again["supervisor_pid"] == launch["supervisor_pid"]
 
 
 def test_scheduler_restarted_mid_run(airflow_cluster: AirflowCluster):
@@ -186,7 +185,7 @@ def test_scheduler_restarted_mid_run(airflow_cluster: AirflowCluster):
     cluster.wait_until(lambda: deferred(cluster, dag, runs) >= 4, 120, "deferred trainings")
 
     cluster.kill_component("scheduler", signal.SIGKILL)
-    keys = [run_key(dag, r, f"train_{i:02d}", -1) for r in runs for i in range(4)]
+    keys = [cluster.run_key(dag, r, f"train_{i:02d}") for r in runs for i in range(4)]
     cluster.wait_until(lambda: any(status(cluster.state_dir / k / "attempt-1").get("state") == "preempted"
                                    for k in keys), 60, "a reclaim while the scheduler is down")
     cluster.start_component("scheduler")
@@ -196,7 +195,7 @@ def test_scheduler_restarted_mid_run(airflow_cluster: AirflowCluster):
         for ledger in ledgers(cluster, dag, run_id).values():
             assert_ledger_complete(ledger, preemptions=1, tries=[1])
             first, second = assert_one_process_per_attempt(cluster, ledger)
-            assert first.start_step == 0
+            assert first["start_step"] == 0
             assert second["start_step"] == ledger["attempts"][0]["checkpoint_step"] > 0
 
 
@@ -211,7 +210,7 @@ def test_every_running_training_reclaimed_at_once(airflow_cluster: AirflowCluste
     cluster.wait_for_dag(dag)
     run_id = cluster.trigger(dag)
     tasks = [f"train_{i:02d}" for i in range(6)]
-    keys = [run_key(dag, run_id, t, -1) for t in tasks]
+    keys = [cluster.run_key(dag, run_id, t) for t in tasks]
     prefixes = [cluster.checkpoint_base / dag / run_id / t for t in tasks]
     cluster.wait_until(lambda: deferred(cluster, dag, [run_id]) == 6 and all(starts(p) for p in prefixes),
                        120, "6 deferred, running trainings")
@@ -261,7 +260,7 @@ def test_mark_deferred_task_failed_stops_its_training(airflow_cluster: AirflowCl
     cluster, dag = airflow_cluster, "e2e_mark_failed"
     cluster.wait_for_dag(dag)
     run_id = cluster.trigger(dag)
-    key = run_key(dag, run_id, "train", -1)
+    key = cluster.run_key(dag, run_id, "train")
     attempt = cluster.state_dir / key / "attempt-1"
     prefix = cluster.checkpoint_base / dag / run_id / "train"
     assigned = "SELECT count(*) FROM trigger WHERE triggerer_id IS NOT NULL"

@@ -25,7 +25,6 @@ import pytest
 import requests
 
 from airflow_spot_training.backends.local import request_preemption
-from airflow_spot_training.core.contract import run_key
 from tests.e2e.airflow_cluster import ADMIN_PASSWORD, ADMIN_USER, AirflowCluster
 from tests.e2e.browser import chromium, sign_in, skip_without_chromium
 from tests.e2e.fab_api_server import FabApiServer
@@ -199,7 +198,7 @@ def test_a_running_trainings_view_updates_without_a_reload(airflow_cluster: Airf
     assert browser.find_element(By.ID, "live").text == "live"
     browser.execute_script("window.__loadedOnce = true;")  # gone if the page reloads
 
-    key = run_key("e2e_ui_live", run_id, "train", -1)
+    key = cluster.run_key("e2e_ui_live", run_id, "train")
     assert request_preemption(cluster.state_dir / key / "attempt-1")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline rect.attempt-bar")) == 2)
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#preemption-count .value").text == "1")
