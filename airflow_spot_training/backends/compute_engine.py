@@ -139,6 +139,7 @@ class ComputeEngineSpotBackend(SpotBackend):
     boot_disk_size_gb: int = argument(50, "size of the boot disk, GiB (10 or more)", ge=10)
     accelerator_type: str | None = argument(None, "GPU type, e.g. 'nvidia-tesla-t4'; None for none")
     accelerator_count: int = argument(0, "how many GPUs", ge=0)
+    min_cpu_platform: str | None = argument(None, "the oldest CPU platform to accept, e.g. 'Intel Ice Lake'")
     network: str | None = argument(None, "the VPC network (default global/networks/default)")
     subnetwork: str | None = argument(None, "the subnetwork, when the network has custom subnets")
     external_ip: bool = argument(True, "give the VM an ephemeral external IP (needed without Cloud NAT)")
@@ -289,6 +290,7 @@ class ComputeEngineSpotBackend(SpotBackend):
                     source_image=self.image, disk_size_gb=self.boot_disk_size_gb),
             )],
             network_interfaces=[interface],
+            min_cpu_platform=self.min_cpu_platform,
         )
         instance.service_accounts = [compute_v1.ServiceAccount(
             email=self.service_account, scopes=["https://www.googleapis.com/auth/cloud-platform"])]

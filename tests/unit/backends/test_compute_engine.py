@@ -91,6 +91,13 @@ class TestComputeEngineSpotBackend:
         assert server.fake.inserts()[0].body["scheduling"] == {
             "provisioningModel": "STANDARD", "automaticRestart": False, "onHostMaintenance": "TERMINATE"}
 
+    def test_min_cpu_platform_is_sent_when_given(self, server, backend, prefix):
+        backend.model_copy(update={"min_cpu_platform": "Intel Ice Lake"}).launch(launch_request(prefix))
+        backend.launch(launch_request(prefix, attempt=2))
+        first, second = server.fake.inserts()
+        assert first.body["minCpuPlatform"] == "Intel Ice Lake"
+        assert "minCpuPlatform" not in second.body
+
     def test_success_from_the_result_record_and_stop_deletes_a_leftover_vm(self, server, backend, prefix):
         handle = backend.launch(launch_request(prefix))
         write_result(prefix, 1, 0)
