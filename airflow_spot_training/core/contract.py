@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 CHECKPOINT_URI = "SPOT_TRAINING_CHECKPOINT_URI"
@@ -25,8 +25,17 @@ SECRETS = "SPOT_TRAINING_SECRETS"
 #: set by the folder-sync wrapper (not by backends): the local folder a training that
 #: only knows local files writes its checkpoints into; the wrapper syncs it with the prefix
 CHECKPOINT_DIR = "SPOT_TRAINING_CHECKPOINT_DIR"
+#: a gang (``num_nodes`` > 1): this node's rank (0 .. N-1), the gang's size, and where rank 0
+#: listens for its peers (``torch.distributed``'s rendezvous)
+NODE_RANK = "SPOT_TRAINING_NODE_RANK"
+NUM_NODES = "SPOT_TRAINING_NUM_NODES"
+MASTER_ADDR = "SPOT_TRAINING_MASTER_ADDR"
+MASTER_PORT = "SPOT_TRAINING_MASTER_PORT"
+#: the port rank 0 listens on when the backend does not choose one
+DEFAULT_MASTER_PORT = 29500
 
 ALL = (CHECKPOINT_URI, ATTEMPT, CAPACITY, PREEMPTIONS, RUN_KEY, RESULT_URI, TOKEN, SECRETS)
+GANG = (NODE_RANK, NUM_NODES, MASTER_ADDR, MASTER_PORT)
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,15 @@ class Contract:
         record left at the same prefix by another run is never taken for this attempt's.
     :param secrets: environment variables to resolve on the machine from a secret store:
         ``{name: reference}`` (AWS Secrets Manager ARN or name, GCP Secret Manager resource).
+    :param num_nodes: machines the attempt runs on together (a gang); 1 for a single node.
+    :param node_rank: this node's rank in the gang, 0 .. ``num_nodes`` - 1 (rank 0 is the
+        rendezvous host and speaks for the gang in progress records).
+    :param master_addr: rank 0's address, where every rank meets (gangs only).
+    :param master_port: the port rank 0 listens on (gangs only).
+
+    A gang's contract also sets the standard ``torch.distributed`` variables
+    (``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), one process
+    per node, so ``torch.distributed.init_process_group("gloo")`` needs no arguments.
     """
 
     checkpoint_uri: str
@@ -54,6 +72,33 @@ class Contract:
     result_uri: str = ""
     token: str = ""
     secrets: Mapping[str, str] = field(default_factory=dict)
+    num_nodes: int = 1
+    node_rank: int = 0
+    master_addr: str = ""
+    master_port: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.num_nodes, int) and self.num_nodes >= 1 and 0 <= self.node_rank < self.num_nodes):
+            raise ValueError(f"node_rank={self.node_rank} is not in a gang of num_nodes={self.num_nodes}")
+
+    @property
+    def is_gang(self) -> bool:
+        return self.num_nodes > 1
+
+    def for_node(self, rank: int, master_addr: str, master_port: int = DEFAULT_MASTER_PORT) -> Contract:
+        """The contract of node ``rank`` of this attempt's gang, meeting at ``master_addr:master_port``."""
+        return replace(self, node_rank=rank, master_addr=master_addr, master_port=int(master_port))
+
+    def gang_env(self) -> dict[str, str]:
+        """The gang's variables (ours and ``torch.distributed``'s); empty on a single node."""
+        if not self.is_gang:
+            return {}
+        return {
+            NODE_RANK: str(self.node_rank), NUM_NODES: str(self.num_nodes),
+            MASTER_ADDR: self.master_addr, MASTER_PORT: str(self.master_port),
+            "MASTER_ADDR": self.master_addr, "MASTER_PORT": str(self.master_port),
+            "RANK": str(self.node_rank), "WORLD_SIZE": str(self.num_nodes), "LOCAL_RANK": "0",
+        }
 
     def to_env(self) -> dict[str, str]:
         env = {
@@ -66,6 +111,7 @@ class Contract:
             TOKEN: self.token,
         }
         env.update(secret_refs_env(self.secrets))
+        env.update(self.gang_env())
         return env
 
 
@@ -96,6 +142,10 @@ def read_contract(environ: Mapping[str, str] | None = None) -> Contract:
         result_uri=env.get(RESULT_URI, ""),
         token=env.get(TOKEN, ""),
         secrets=json.loads(env[SECRETS]) if env.get(SECRETS) else {},
+        num_nodes=int(env.get(NUM_NODES) or 1),
+        node_rank=int(env.get(NODE_RANK) or 0),
+        master_addr=env.get(MASTER_ADDR, ""),
+        master_port=int(env.get(MASTER_PORT) or 0),
     )
 
 
