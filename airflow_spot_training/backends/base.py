@@ -50,7 +50,7 @@ from airflow_spot_training.core.attempt import (
     UnknownVersionError,
     check_version,
 )
-from airflow_spot_training.core.contract import Contract
+from airflow_spot_training.core.contract import DEFAULT_MASTER_PORT, Contract
 from airflow_spot_training.core.folder_sync import FolderSync
 from airflow_spot_training.core.policy import Capacity
 
@@ -124,6 +124,17 @@ class LaunchRequest:
     @property
     def attempt(self) -> int:
         return self.contract.attempt
+
+    @property
+    def num_nodes(self) -> int:
+        """Machines the attempt runs on together (the contract's ``num_nodes``)."""
+        return self.contract.num_nodes
+
+    def node_contract(self, rank: int, master_addr: str, master_port: int = DEFAULT_MASTER_PORT) -> Contract:
+        """The contract handed to node ``rank`` of the gang (the request's own when it is one node)."""
+        if not self.contract.is_gang:
+            return self.contract
+        return self.contract.for_node(rank, master_addr, master_port)
 
 
 @dataclass(frozen=True)
@@ -217,6 +228,10 @@ class SpotBackend(BaseModel, ABC):
     checkpoint_schemes: ClassVar[frozenset[str] | None] = None
     #: the one argument that may also be given positionally (``LocalBackend([...])``), if any
     positional_argument: ClassVar[str | None] = None
+    #: whether an attempt can run on several machines together (the operator's ``num_nodes``);
+    #: a backend that can launches every node of ``request.num_nodes`` all-or-nothing, hands
+    #: each its :meth:`Contract.for_node`, and ends the whole gang when one node is lost
+    supports_gangs: ClassVar[bool] = False
     #: whether a succeeded attempt may still hold resources (a VM that has not deleted itself
     #: yet): the operator then calls :meth:`stop` after a success too, not only after other ends
     releases_after_success: ClassVar[bool] = False
