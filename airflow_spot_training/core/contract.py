@@ -86,8 +86,12 @@ class Contract:
         return self.num_nodes > 1
 
     def for_node(self, rank: int, master_addr: str, master_port: int = DEFAULT_MASTER_PORT) -> Contract:
-        """The contract of node ``rank`` of this attempt's gang, meeting at ``master_addr:master_port``."""
-        return replace(self, node_rank=rank, master_addr=master_addr, master_port=int(master_port))
+        """The contract of node ``rank`` of this attempt's gang, meeting at ``master_addr:master_port``.
+
+        Each node writes its own result record (:func:`node_result_uri`); rank 0's is the attempt's.
+        """
+        return replace(self, node_rank=rank, master_addr=master_addr, master_port=int(master_port),
+                       result_uri=node_result_uri(self.result_uri, rank))
 
     def gang_env(self) -> dict[str, str]:
         """The gang's variables (ours and ``torch.distributed``'s); empty on a single node."""
@@ -113,6 +117,14 @@ class Contract:
         env.update(secret_refs_env(self.secrets))
         env.update(self.gang_env())
         return env
+
+
+def node_result_uri(result_uri: str, rank: int) -> str:
+    """Where node ``rank`` of a gang writes its result record: rank 0 the attempt's, rank r ``...node-r.json``."""
+    if rank == 0 or not result_uri:
+        return result_uri
+    stem = result_uri[: -len(".json")] if result_uri.endswith(".json") else result_uri
+    return f"{stem}.node-{rank}.json"
 
 
 def secret_refs_env(secrets: Mapping[str, str] | None) -> dict[str, str]:
