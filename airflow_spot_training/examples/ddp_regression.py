@@ -86,6 +86,7 @@ class _Trainer:
 
 def train(args: argparse.Namespace, contract: Contract) -> int:
     trainer = _Trainer(args, contract)
+    # [START howto_gang_training]
     resumed = trainer.checkpointer.restore()  # this rank's shard of the newest step every rank committed
     step, epoch, batch = resumed.step, resumed.epoch, int(resumed.data_position.get("batch", 0))
     join_gang(contract)
@@ -112,6 +113,7 @@ def train(args: argparse.Namespace, contract: Contract) -> int:
                 return EXIT_INTERRUPTED
             if trainer.manager.should_save(step):
                 trainer.save(step, epoch, batch)
+            # [END howto_gang_training]
             if args.step_delay:
                 time.sleep(args.step_delay)
     trainer.save(step, epoch, batch, reason="final")
