@@ -123,8 +123,7 @@ def node_result_uri(result_uri: str, rank: int) -> str:
     """Where node ``rank`` of a gang writes its result record: rank 0 the attempt's, rank r ``...node-r.json``."""
     if rank == 0 or not result_uri:
         return result_uri
-    stem = result_uri[: -len(".json")] if result_uri.endswith(".json") else result_uri
-    return f"{stem}.node-{rank}.json"
+    return f"{result_uri.removesuffix('.json')}.node-{rank}.json"
 
 
 def secret_refs_env(secrets: Mapping[str, str] | None) -> dict[str, str]:

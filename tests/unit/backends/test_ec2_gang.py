@@ -99,8 +99,8 @@ class TestEC2Gang:
         assert summary["outcome"] == "succeeded" and summary["preemptions"] == 0
         assert summary["attempts"][0]["pool"] == f"c5.xlarge@{subnets[1]}"
         handle = store.get(LEDGER_KEY)["attempts"][0]["handle"]
-        assert handle["pools_tried"] == [f"c5.xlarge@{subnets[0]}: InsufficientInstanceCapacity "
-                                         "(node 1 of 2: the gang was released)"]
+        assert handle["pools_tried"] == [
+            f"c5.xlarge@{subnets[0]}: InsufficientInstanceCapacity (node 1 of 2: the gang was released)"]
         instances = instances_of(summary["run_key"])
         assert not [i for i in instances if i.state != "terminated"]  # the partial gang left nothing running
         released = [i for i in instances if i.subnet_id == subnets[0]]

@@ -7,9 +7,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from airflow_spot_training.backends.base import LaunchRequest
 import pytest
 
+from airflow_spot_training.backends.base import LaunchRequest
 from airflow_spot_training.backends.local import LocalBackend, _alive, fixed_preemptions, request_preemption
 from airflow_spot_training.core.contract import Contract
 from airflow_spot_training.core.policy import Capacity
