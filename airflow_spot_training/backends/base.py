@@ -57,7 +57,7 @@ from airflow_spot_training.core.policy import Capacity
 __all__ = [
     "AttemptHandle", "AttemptLink", "AttemptState", "AttemptStatus", "BackendConfigError", "CapacityUnavailable",
     "CloudActionRequired", "LaunchRequest", "SpotBackend", "SpotCapacityUnavailable", "TrainingLog", "argument",
-    "resolve_backend",
+    "combine_gang", "resolve_backend",
 ]
 
 #: version of ``serialize()`` output; kwargs without a version are version 1 (same fields)
@@ -411,6 +411,35 @@ class SpotBackend(BaseModel, ABC):
 
     async def astop(self, handle: AttemptHandle) -> None:
         await asyncio.to_thread(self.stop, handle)
+
+
+# -- gangs ---------------------------------------------------------------------------------------
+def combine_gang(statuses: list[AttemptStatus]) -> AttemptStatus:
+    """The status of a gang from its nodes' (rank order): one node reclaimed is the gang's one preemption.
+
+    Shared by the backends that watch each node of a gang themselves (EC2, Compute Engine).
+
+    A node that ended preempted, failed or stopped ends the gang so (the operator then releases
+    the others); a node that succeeded waits for the others; all succeeded is a success.
+    """
+    if len(statuses) == 1:
+        return statuses[0]
+    ended = [(rank, s) for rank, s in enumerate(statuses) if s.is_final and s.state is not AttemptState.SUCCEEDED]
+    preempted = [(rank, s) for rank, s in ended if s.state is AttemptState.PREEMPTED]
+    first = statuses[0]
+    details = {**first.details, "nodes": [s.to_dict() for s in statuses]}
+    if preempted or ended:
+        rank, status = (preempted or ended)[0]
+        return AttemptStatus(state=status.state, reason=f"node {rank} of {len(statuses)}: {status.reason}",
+                             preemptions=1 if preempted else 0, started_at=first.started_at,
+                             ended_at=status.ended_at, details=details)
+    if all(s.state is AttemptState.SUCCEEDED for s in statuses):
+        return AttemptStatus(state=AttemptState.SUCCEEDED, reason=first.reason, started_at=first.started_at,
+                             ended_at=max(s.ended_at or 0.0 for s in statuses) or None, details=details)
+    live = [s for s in statuses if not s.is_final]
+    state = AttemptState.PENDING if any(s.state is AttemptState.PENDING for s in live) else AttemptState.RUNNING
+    return AttemptStatus(state=state, reason=live[0].reason, started_at=first.started_at, details=details)
+
 
 
 # -- messages ------------------------------------------------------------------------------------
