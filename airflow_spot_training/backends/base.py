@@ -342,6 +342,11 @@ class SpotBackend(BaseModel, ABC):
                 f"use {wanted}{hint}."
             )
 
+    def check_gang(self, num_nodes: int) -> None:
+        """Refuse a gang of ``num_nodes`` this backend cannot run (:class:`BackendConfigError`, saying why)."""
+        if num_nodes > 1 and not self.supports_gangs:
+            raise BackendConfigError(f"{type(self).__name__} cannot launch several machines as one gang.")
+
     def load_handle(self, data: Mapping[str, Any] | AttemptHandle) -> AttemptHandle:
         """This backend's typed handle, from its stored dict."""
         return self.handle_type.from_dict(data)

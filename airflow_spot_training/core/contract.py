@@ -94,9 +94,16 @@ class Contract:
                        result_uri=node_result_uri(self.result_uri, rank))
 
     def gang_env(self) -> dict[str, str]:
-        """The gang's variables (ours and ``torch.distributed``'s); empty on a single node."""
+        """The gang's variables (ours and ``torch.distributed``'s); empty on a single node.
+
+        Before a node is known (no ``master_addr``: the platform places the nodes, as SageMaker
+        and Vertex AI do), only the gang's size; the machine finds its rank from the platform
+        (:func:`platform_node`).
+        """
         if not self.is_gang:
             return {}
+        if not self.master_addr:
+            return {NUM_NODES: str(self.num_nodes)}
         return {
             NODE_RANK: str(self.node_rank), NUM_NODES: str(self.num_nodes),
             MASTER_ADDR: self.master_addr, MASTER_PORT: str(self.master_port),
@@ -117,6 +124,34 @@ class Contract:
         env.update(secret_refs_env(self.secrets))
         env.update(self.gang_env())
         return env
+
+
+#: where SageMaker describes the job's hosts on every one of them
+SAGEMAKER_RESOURCE_CONFIG = "/opt/ml/input/config/resourceconfig.json"
+#: the variable Vertex AI describes a distributed job's replicas in
+VERTEX_CLUSTER_SPEC = "CLUSTER_SPEC"
+
+
+def platform_node(environ: Mapping[str, str], sagemaker_config: Mapping[str, object] | None = None
+                  ) -> tuple[int, str, int] | None:
+    """``(rank, master_addr, master_port)`` of this node, as a platform that placed the gang says.
+
+    Vertex AI: ``CLUSTER_SPEC`` (``workerpool0`` is rank 0, ``workerpool1[i]`` rank ``i + 1``).
+    SageMaker: its resource config (``hosts`` sorted, ``hosts[0]`` is rank 0). ``None`` when
+    neither is there.
+    """
+    if environ.get(VERTEX_CLUSTER_SPEC):
+        spec = json.loads(environ[VERTEX_CLUSTER_SPEC])
+        task, cluster = spec.get("task") or {}, spec.get("cluster") or {}
+        offset = {"workerpool0": 0, "workerpool1": 1}.get(str(task.get("type")), 0)
+        host, _, port = str((cluster.get("workerpool0") or [""])[0]).partition(":")
+        return offset + int(task.get("index") or 0), host, int(port or DEFAULT_MASTER_PORT)
+    if sagemaker_config:
+        hosts = sorted(str(h) for h in sagemaker_config.get("hosts") or [])  # type: ignore[union-attr]
+        current = str(sagemaker_config.get("current_host"))
+        if current in hosts:
+            return hosts.index(current), hosts[0], DEFAULT_MASTER_PORT
+    return None
 
 
 def node_result_uri(result_uri: str, rank: int) -> str:

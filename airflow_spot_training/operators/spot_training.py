@@ -284,12 +284,12 @@ class SpotTrainingOperator(BaseOperator):
                 f"{self.task_id}: num_nodes={num_nodes!r} is invalid: give an integer >= 1 (the machines each "
                 "attempt trains on together; 1 for a single machine)."
             )
-        if num_nodes > 1 and not self.backend.supports_gangs:
+        try:
+            self.backend.check_gang(num_nodes)
+        except BackendConfigError as e:
             gangs = ", ".join(sorted(kind for kind, can in _gang_backends().items() if can))
-            raise SpotTrainingConfigError(
-                f"{self.task_id}: num_nodes={num_nodes}: {type(self.backend).__name__} cannot launch several "
-                f"machines as one gang. Use num_nodes=1, or a backend that can ({gangs})."
-            )
+            fix = "" if self.backend.supports_gangs else f" Use num_nodes=1, or a backend that can ({gangs})."
+            raise SpotTrainingConfigError(f"{self.task_id}: num_nodes={num_nodes}: {e}{fix}") from e
         return num_nodes
 
     def _check_deadline(self, deadline: Any) -> None:

@@ -36,13 +36,20 @@ class TestGangArguments:
             SpotTrainingOperator(task_id="t", backend=LocalBackend(command=["true"]), num_nodes=value)
 
     def test_a_backend_that_cannot_gang_is_refused_naming_those_that_can(self):
-        backend = SageMakerSpotBackend(image_uri="1.dkr.ecr.us-east-1.amazonaws.com/t:1",
-                                       role_arn="arn:aws:iam::1:role/r", instance_type="ml.m5.large")
+        class SingleMachineBackend(LocalBackend):  # declared the way a backend without gangs is
+            supports_gangs = False
+
         with pytest.raises(SpotTrainingConfigError) as error:
+            SpotTrainingOperator(task_id="t", backend=SingleMachineBackend(command=["true"]), num_nodes=2)
+        assert str(error.value) == (
+            "t: num_nodes=2: SingleMachineBackend cannot launch several machines as one gang. Use num_nodes=1, "
+            "or a backend that can (compute_engine, ec2, local, sagemaker, vertex_ai).")
+
+    def test_a_node_count_said_twice_is_refused(self):
+        backend = SageMakerSpotBackend(image_uri="1.dkr.ecr.us-east-1.amazonaws.com/t:1", instance_count=2,
+                                       role_arn="arn:aws:iam::1:role/r", instance_type="ml.m5.large")
+        with pytest.raises(SpotTrainingConfigError, match="num_nodes=2: SageMakerSpotBackend: instance_count=2"):
             SpotTrainingOperator(task_id="t", backend=backend, checkpoint_prefix="s3://b/p", num_nodes=2)
-        message = str(error.value)
-        assert "num_nodes=2: SageMakerSpotBackend cannot launch several machines as one gang" in message
-        assert "Use num_nodes=1, or a backend that can (" in message and "local" in message
 
 
 class TestGangExactResume:
