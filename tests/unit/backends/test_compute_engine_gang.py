@@ -9,9 +9,28 @@ from pathlib import Path
 import pytest
 
 from airflow_spot_training.backends.base import CapacityUnavailable
+from airflow_spot_training.backends.compute_engine import ComputeEngineSpotBackend
 from airflow_spot_training.core.attempt import AttemptState
+from tests.fakes.gce_server import GCEServer
 from tests.fakes.launch import launch_request
-from tests.unit.backends.test_compute_engine import ZONES, backend, prefix, server  # noqa: F401  (fixtures)
+from tests.unit.backends.test_compute_engine import SA, ZONES
+
+
+@pytest.fixture
+def server():
+    with GCEServer() as s:
+        yield s
+
+
+@pytest.fixture
+def backend(server):
+    return ComputeEngineSpotBackend(zones=ZONES, machine_type="n1-standard-4", command=["python3", "/opt/train.py"],
+                                    project_id="test-project", emulator_host=server.endpoint, service_account=SA)
+
+
+@pytest.fixture
+def prefix(tmp_path: Path) -> str:
+    return str(tmp_path / "ckpt")
 
 
 def _gang_request(prefix: str, nodes: int):

@@ -194,7 +194,10 @@ class TestVertexAIGang:
         assert env["SPOT_TRAINING_NUM_NODES"] == "4" and "SPOT_TRAINING_NODE_RANK" not in env
 
     def test_replicas_are_counted_once(self, server):
-        from airflow_spot_training.operators.spot_training import SpotTrainingConfigError, SpotTrainingOperator
+        from airflow_spot_training.operators.spot_training import (
+            SpotTrainingConfigError,
+            SpotTrainingOperator,
+        )
 
         backend = VertexAISpotBackend(region="us-central1", machine_type="n1-standard-8", replica_count=2,
                                       image_uri="us-docker.pkg.dev/p/train/t:1", project_id="test-project")
