@@ -104,6 +104,8 @@ log = logging.getLogger(__name__)
 TAG_PREFIX = "spot-training:"
 TOKEN_TAG = f"{TAG_PREFIX}token"
 RANK_TAG = f"{TAG_PREFIX}node-rank"
+#: a gang's pool (its index in the ladder): where a gang cut short by a dying worker is completed
+POOL_TAG = f"{TAG_PREFIX}gang-pool"
 
 #: instance state reasons
 PREEMPTION_REASONS = frozenset({"Server.SpotInstanceTermination", "Server.SpotInstanceShutdown"})
@@ -340,10 +342,13 @@ class EC2SpotBackend(SpotBackend):
             return existing
         tried: list[str] = []
         pools = self.capacity_pools()
-        for index, pool in enumerate(pools):
+        partial = self._partial_gang(request)  # a try that died launching the gang left these running
+        for index in _pools_first(len(pools), partial.get("pool")):
+            pool = pools[index]
             label = _pool_label(pool)
+            reuse = partial["nodes"] if partial.get("pool") == index else {}
             try:
-                instances = self._launch_gang(request, pool, index)
+                instances = self._launch_gang(request, pool, index, reuse)
             except _PoolRefused as refused:
                 log.warning("pool %s: %s; trying the next pool", label, refused)
                 tried.append(f"{label}: {refused}")
@@ -357,13 +362,36 @@ class EC2SpotBackend(SpotBackend):
             pools_tried=tried, capacity=request.capacity,
         )
 
-    def _launch_gang(self, request: LaunchRequest, pool: dict[str, str], index: int) -> list[dict[str, Any]]:
-        """Every node of the attempt in one pool, rank 0 first; nothing left running if one cannot be had."""
+    def _partial_gang(self, request: LaunchRequest) -> dict[str, Any]:
+        """Live nodes of this attempt's gang left by a try that died while launching it: their pool and ranks.
+
+        They are completed in their pool (the ranks that are missing launched there) rather than
+        launched a second time; ``{}`` when there are none (or for a single node).
+        """
+        if request.num_nodes == 1:
+            return {}
+        response = self.client.describe_instances(Filters=[{"Name": f"tag:{TOKEN_TAG}", "Values": [request.token]}])
+        nodes: dict[int, dict[str, Any]] = {}
+        pools = set()
+        for instance in (i for r in response.get("Reservations", []) for i in r.get("Instances", [])):
+            tags = {t.get("Key"): t.get("Value") for t in instance.get("Tags") or []}
+            live = (instance.get("State") or {}).get("Name") not in ENDED_STATES
+            if live and str(tags.get(RANK_TAG, "")).isdigit() and str(tags.get(POOL_TAG, "")).isdigit():
+                nodes[int(tags[RANK_TAG])] = instance
+                pools.add(int(tags[POOL_TAG]))
+        return {"pool": pools.pop(), "nodes": nodes} if len(pools) == 1 else {}
+
+    def _launch_gang(self, request: LaunchRequest, pool: dict[str, str], index: int,
+                     reuse: dict[int, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Every node of the attempt in one pool, rank 0 first; nothing left running if one cannot be had.
+
+        ``reuse``: nodes already running in this pool (by rank), kept instead of launched again.
+        """
         launched: list[dict[str, Any]] = []
         master_addr = ""
         try:
             for rank in range(request.num_nodes):
-                instance = self._launch_node(request, pool, index, rank, master_addr)
+                instance = (reuse or {}).get(rank) or self._launch_node(request, pool, index, rank, master_addr)
                 launched.append(instance)
                 master_addr = master_addr or str(instance.get("PrivateIpAddress") or "")
         except BaseException:
@@ -396,7 +424,7 @@ class EC2SpotBackend(SpotBackend):
     def run_instances_params(self, request: LaunchRequest, pool: dict[str, str], index: int, *, rank: int = 0,
                              master_addr: str = "") -> dict[str, Any]:
         """The ``RunInstances`` arguments for one attempt (node ``rank`` of its gang) in one pool."""
-        tags = [{"Key": k, "Value": v} for k, v in self._tags(request, rank).items()]
+        tags = [{"Key": k, "Value": v} for k, v in self._tags(request, rank, index).items()]
         params: dict[str, Any] = {
             "MinCount": 1,
             "MaxCount": 1,
@@ -455,7 +483,7 @@ class EC2SpotBackend(SpotBackend):
             log_group=self.log_group, log_region=self._region() if self.log_group else None,
         )
 
-    def _tags(self, request: LaunchRequest, rank: int = 0) -> dict[str, str]:
+    def _tags(self, request: LaunchRequest, rank: int = 0, pool_index: int = 0) -> dict[str, str]:
         tags = dict(self.tags)
         for key, value in request.labels.items():
             tags[f"{TAG_PREFIX}{key.replace('_', '-')}"] = str(value)[:256]
@@ -464,6 +492,7 @@ class EC2SpotBackend(SpotBackend):
         if request.num_nodes > 1:
             tags[RANK_TAG] = str(rank)
             tags[f"{TAG_PREFIX}num-nodes"] = str(request.num_nodes)
+            tags[POOL_TAG] = str(pool_index)
         tags.setdefault("Name", f"spot-training-{request.labels.get('task_id', 'task')}-a{request.attempt}"[:256])
         return tags
 
@@ -834,6 +863,15 @@ def settle_ended(status: AttemptStatus, result: dict[str, Any] | None, token: st
     elif status.state is not AttemptState.PREEMPTED:
         status.state, status.reason = AttemptState.FAILED, f"training exited with code {exit_code}"
     return status
+
+
+def _pools_first(count: int, first: int | None) -> list[int]:
+    """The ladder's pool indexes in order, with ``first`` (a partial gang's pool) moved to the front."""
+    order = list(range(count))
+    if first is not None and first in order:
+        order.remove(first)
+        order.insert(0, first)
+    return order
 
 
 def _nodes(handle: EC2Handle) -> list[EC2Handle]:

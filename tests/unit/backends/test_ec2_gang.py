@@ -11,6 +11,7 @@ import pytest
 from airflow_spot_training.backends.ec2 import EC2Handle, combine_gang
 from airflow_spot_training.core.attempt import AttemptState, AttemptStatus
 from airflow_spot_training.core.contract import node_result_uri
+from airflow_spot_training.operators.ec2 import EC2SpotTrainingOperator
 from airflow_spot_training.operators.spot_training import LEDGER_KEY
 from airflow_spot_training.runtime.checkpoint import CheckpointManager
 from tests import aws_cloud
@@ -150,3 +151,51 @@ class TestCombineGang:
         assert preempted.reason.startswith("node 1 of 3")
         failed = combine_gang([self._status(AttemptState.FAILED), running])
         assert (failed.state, failed.preemptions) == (AttemptState.FAILED, 0)
+
+
+def test_a_worker_that_dies_launching_a_gang_leaves_no_duplicate(aws, tmp_path, monkeypatch):
+    """The worker is killed inside RunInstances of rank 0; the retry completes that gang, launching rank 1 only."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from moto.ec2.models.instances import InstanceBackend
+
+    from tests.unit.backends.test_ec2_worker_crash import ROOT
+
+    network = aws_cloud.make_network()
+    args: dict[str, Any] = dict(
+        task_id="train", command="python3 -m my_training", image_id=network["image_id"],
+        instance_types=["c5.xlarge"], subnet_ids=network["subnets"][:2], on_demand_prices={"c5.xlarge": 0.17},
+        checkpoint_prefix=f"s3://{aws_cloud.BUCKET}/runs/gang-crash", poll_interval=0.05, retries=1, num_nodes=2,
+    )
+    worker: dict[str, Any] = {}
+    original_run = InstanceBackend.run_instances
+
+    def run_instances_then_kill_worker(self: Any, *a: Any, **kw: Any) -> Any:
+        reservation = original_run(self, *a, **kw)
+        if "proc" in worker:
+            os.kill(worker.pop("proc").pid, signal.SIGKILL)  # dies waiting for rank 0's answer
+        return reservation
+
+    monkeypatch.setattr(InstanceBackend, "run_instances", run_instances_then_kill_worker)
+    state_file = tmp_path / "state.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.crashing_worker", str(state_file), json.dumps(args),
+                             "kill-me"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    worker["proc"] = proc
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode in (-signal.SIGKILL, 137), stderr.decode()[-2000:]
+    assert len(aws_cloud.all_instances()) == 1  # rank 0 only: the gang was cut short
+    rank0 = aws_cloud.all_instances()[0].id
+
+    store = JsonFileStateStore(state_file)
+    machine = GangMachine(aws["storage_options"], {1: "finish"})
+    summary, _ = run_try(EC2SpotTrainingOperator(**args), store, 2, machine)
+
+    assert summary["outcome"] == "succeeded" and [a["number"] for a in summary["attempts"]] == [1]
+    instances = aws_cloud.all_instances()
+    assert len(instances) == 2 and machine.handles[0].instance_ids[0] == rank0  # rank 0 kept, rank 1 added
+    assert {aws_cloud.instance_tags(i)["spot-training:node-rank"] for i in instances} == {"0", "1"}
+    assert all(i.state == "terminated" for i in instances)
