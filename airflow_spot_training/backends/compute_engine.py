@@ -365,7 +365,7 @@ class ComputeEngineSpotBackend(SpotBackend):
 
         tried: list[str] = []
         pools: list[str] = []
-        for zone in self.zones:
+        for zone in self._zones_first(request, project):
             created: list[str] = []
             for rank in range(request.num_nodes):
                 outcome = self._insert_node(request, project, zone, rank)
@@ -471,6 +471,23 @@ class ComputeEngineSpotBackend(SpotBackend):
         if result is not None:  # it ran and deleted itself while no one watched
             return self._handle(request, project, result.get("zone"), [])
         return None
+
+    def _zones_first(self, request: LaunchRequest, project: str) -> list[str]:
+        """The zone ladder; a zone holding part of this attempt's gang (a try died launching it) first.
+
+        Its VMs are then kept (their insert answers "already exists" and is re-attached) and
+        only the missing ranks are created, rather than a second gang in another zone.
+        """
+        if request.num_nodes == 1:
+            return list(self.zones)
+        instances, _, _ = self._connect()
+        token = gc.label_value(request.token)
+        for zone in self.zones:
+            for rank in range(request.num_nodes):
+                vm = self._get(instances, project, zone, _node_name(request, rank))
+                if vm is not None and vm.labels.get("spot-training-token") == token:
+                    return [zone] + [z for z in self.zones if z != zone]
+        return list(self.zones)
 
     def _whole_gang(self, request: LaunchRequest, project: str, zone: str) -> bool:
         instances, _, _ = self._connect()

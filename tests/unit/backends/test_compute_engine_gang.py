@@ -95,3 +95,14 @@ class TestComputeEngineGang:
                 assert backend.describe(handle).state is AttemptState.RUNNING  # the other node still trains
             server.fake.finish(name)
         assert backend.describe(handle).state is AttemptState.SUCCEEDED
+
+
+def test_a_gang_cut_short_is_completed_in_its_zone(server, backend, prefix):
+    """A try died right after creating rank 0 in the second zone: the retry creates rank 1 there, nothing else."""
+    request = _gang_request(prefix, 2)
+    backend._insert_node(request, "test-project", ZONES[1], 0)  # what the dying try had done
+    handle = backend.launch(request)
+    assert handle.zone == ZONES[1]
+    live = server.fake.live_instances()
+    assert sorted(vm["name"] for vm in live) == [handle.name, f"{handle.name}-n1"]
+    assert all(ZONES[1] in vm["zone"] for vm in live)
