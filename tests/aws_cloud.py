@@ -118,6 +118,8 @@ class FaultPlan:
         RequestLimitExceeded first.
     :param throttle_poll: how many DescribeInstances-by-id calls (the triggers' polls) answer
         RequestLimitExceeded first.
+    :param spot_capacity: (instance type, subnet) -> how many spot instances that pool launches before
+        it answers InsufficientInstanceCapacity (partial capacity: a gang gets only part of its nodes).
     """
 
     no_capacity: set[tuple[str, str | None]] = field(default_factory=set)
@@ -125,6 +127,7 @@ class FaultPlan:
     throttle_run: int = 0
     throttle_describe: int = 0
     throttle_poll: int = 0
+    spot_capacity: dict[tuple[str, str | None], int] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -150,7 +153,8 @@ def install_faults(monkeypatch: Any, plan: FaultPlan) -> FaultPlan:
         pool = (kwargs.get("instance_type"), kwargs.get("subnet_id"))
         if spot and plan.quota_error:
             raise EC2ClientError(plan.quota_error, "Max spot instance count exceeded")
-        if spot and pool in plan.no_capacity:
+        over = spot and pool in plan.spot_capacity and plan.count(f"spot in {pool}") > plan.spot_capacity[pool]
+        if spot and (pool in plan.no_capacity or over):
             raise EC2ClientError("InsufficientInstanceCapacity",
                                  f"We currently do not have sufficient {pool[0]} capacity in the subnet.")
         return original_run(self, image_id, count, user_data, security_group_names, **kwargs)

@@ -50,14 +50,14 @@ from airflow_spot_training.core.attempt import (
     UnknownVersionError,
     check_version,
 )
-from airflow_spot_training.core.contract import Contract
+from airflow_spot_training.core.contract import DEFAULT_MASTER_PORT, Contract
 from airflow_spot_training.core.folder_sync import FolderSync
 from airflow_spot_training.core.policy import Capacity
 
 __all__ = [
     "AttemptHandle", "AttemptLink", "AttemptState", "AttemptStatus", "BackendConfigError", "CapacityUnavailable",
     "CloudActionRequired", "LaunchRequest", "SpotBackend", "SpotCapacityUnavailable", "TrainingLog", "argument",
-    "resolve_backend",
+    "combine_gang", "resolve_backend",
 ]
 
 #: version of ``serialize()`` output; kwargs without a version are version 1 (same fields)
@@ -124,6 +124,17 @@ class LaunchRequest:
     @property
     def attempt(self) -> int:
         return self.contract.attempt
+
+    @property
+    def num_nodes(self) -> int:
+        """Machines the attempt runs on together (the contract's ``num_nodes``)."""
+        return self.contract.num_nodes
+
+    def node_contract(self, rank: int, master_addr: str, master_port: int = DEFAULT_MASTER_PORT) -> Contract:
+        """The contract handed to node ``rank`` of the gang (the request's own when it is one node)."""
+        if not self.contract.is_gang:
+            return self.contract
+        return self.contract.for_node(rank, master_addr, master_port)
 
 
 @dataclass(frozen=True)
@@ -217,6 +228,10 @@ class SpotBackend(BaseModel, ABC):
     checkpoint_schemes: ClassVar[frozenset[str] | None] = None
     #: the one argument that may also be given positionally (``LocalBackend([...])``), if any
     positional_argument: ClassVar[str | None] = None
+    #: whether an attempt can run on several machines together (the operator's ``num_nodes``);
+    #: a backend that can launches every node of ``request.num_nodes`` all-or-nothing, hands
+    #: each its :meth:`Contract.for_node`, and ends the whole gang when one node is lost
+    supports_gangs: ClassVar[bool] = False
     #: whether a succeeded attempt may still hold resources (a VM that has not deleted itself
     #: yet): the operator then calls :meth:`stop` after a success too, not only after other ends
     releases_after_success: ClassVar[bool] = False
@@ -327,6 +342,11 @@ class SpotBackend(BaseModel, ABC):
                 f"use {wanted}{hint}."
             )
 
+    def check_gang(self, num_nodes: int) -> None:
+        """Refuse a gang of ``num_nodes`` this backend cannot run (:class:`BackendConfigError`, saying why)."""
+        if num_nodes > 1 and not self.supports_gangs:
+            raise BackendConfigError(f"{type(self).__name__} cannot launch several machines as one gang.")
+
     def load_handle(self, data: Mapping[str, Any] | AttemptHandle) -> AttemptHandle:
         """This backend's typed handle, from its stored dict."""
         return self.handle_type.from_dict(data)
@@ -396,6 +416,35 @@ class SpotBackend(BaseModel, ABC):
 
     async def astop(self, handle: AttemptHandle) -> None:
         await asyncio.to_thread(self.stop, handle)
+
+
+# -- gangs ---------------------------------------------------------------------------------------
+def combine_gang(statuses: list[AttemptStatus]) -> AttemptStatus:
+    """The status of a gang from its nodes' (rank order): one node reclaimed is the gang's one preemption.
+
+    Shared by the backends that watch each node of a gang themselves (EC2, Compute Engine).
+
+    A node that ended preempted, failed or stopped ends the gang so (the operator then releases
+    the others); a node that succeeded waits for the others; all succeeded is a success.
+    """
+    if len(statuses) == 1:
+        return statuses[0]
+    ended = [(rank, s) for rank, s in enumerate(statuses) if s.is_final and s.state is not AttemptState.SUCCEEDED]
+    preempted = [(rank, s) for rank, s in ended if s.state is AttemptState.PREEMPTED]
+    first = statuses[0]
+    details = {**first.details, "nodes": [s.to_dict() for s in statuses]}
+    if preempted or ended:
+        rank, status = (preempted or ended)[0]
+        return AttemptStatus(state=status.state, reason=f"node {rank} of {len(statuses)}: {status.reason}",
+                             preemptions=1 if preempted else 0, started_at=first.started_at,
+                             ended_at=status.ended_at, details=details)
+    if all(s.state is AttemptState.SUCCEEDED for s in statuses):
+        return AttemptStatus(state=AttemptState.SUCCEEDED, reason=first.reason, started_at=first.started_at,
+                             ended_at=max(s.ended_at or 0.0 for s in statuses) or None, details=details)
+    live = [s for s in statuses if not s.is_final]
+    state = AttemptState.PENDING if any(s.state is AttemptState.PENDING for s in live) else AttemptState.RUNNING
+    return AttemptStatus(state=state, reason=live[0].reason, started_at=first.started_at, details=details)
+
 
 
 # -- messages ------------------------------------------------------------------------------------

@@ -25,6 +25,14 @@ Detection (:meth:`describe`)
     * anything else (VM gone or stopped with no record and no preemption) -> failed,
       with the reason.
 
+Gangs (``num_nodes`` > 1)
+    N VMs in one zone, all or nothing: ``spot-<run_key>-a<N>`` is rank 0 and
+    ``...-n<R>`` rank R, each with its own ``requestId``, rank label and contract (its
+    rank; rank 0's internal DNS name ``<vm>.<zone>.c.<project>.internal`` as the
+    rendezvous). A zone that cannot hold the whole gang has the VMs already created
+    deleted and counts as out of capacity: the next zone is tried. One VM preempted ends
+    the attempt as one preemption; the operator then deletes the others.
+
 The google-cloud-compute library has no async client, so the triggerer polls
 through :meth:`describe` in a thread (the base class's :meth:`poll`).
 """
@@ -58,8 +66,9 @@ from airflow_spot_training.backends.base import (
     TrainingLog,
     argument,
     check_env_names,
+    combine_gang,
 )
-from airflow_spot_training.core.contract import secret_refs_env
+from airflow_spot_training.core.contract import node_result_uri, secret_refs_env
 from airflow_spot_training.core.epoch import epoch_seconds
 from airflow_spot_training.core.folder_sync import compute_engine_command
 from airflow_spot_training.core.policy import Capacity
@@ -113,6 +122,15 @@ class ComputeEngineHandle(AttemptHandle):
     name: str
     result_uri: str = ""
     zones_tried: list[str] = dataclasses.field(default_factory=list)
+    #: a gang's VM names, in rank order (``name`` is rank 0's); empty for one node
+    node_names: list[str] = dataclasses.field(default_factory=list)
+
+    def nodes(self) -> list[ComputeEngineHandle]:
+        """One handle per node (rank order), each with its own VM and result record."""
+        if not self.node_names:
+            return [self]
+        return [dataclasses.replace(self, name=name, node_names=[], result_uri=node_result_uri(self.result_uri, rank))
+                for rank, name in enumerate(self.node_names)]
 
 
 class ComputeEngineSpotBackend(SpotBackend):
@@ -124,6 +142,7 @@ class ComputeEngineSpotBackend(SpotBackend):
     link_labels = ("Compute Engine VM", "Logs")
     checkpoint_schemes = frozenset({"gs", "s3", "file"})
     releases_after_success = True  # the startup script deletes its VM, unless that failed
+    supports_gangs = True
 
     zones: list[str] = argument(
         doc="the zone ladder, tried in order for every launch, e.g. ['us-central1-a', 'us-central1-b']")
@@ -250,7 +269,7 @@ class ComputeEngineSpotBackend(SpotBackend):
         return self._clients
 
     # -- the instance --------------------------------------------------------------------
-    def _instance(self, request: LaunchRequest, zone: str, project: str) -> Any:
+    def _instance(self, request: LaunchRequest, zone: str, project: str, rank: int = 0) -> Any:
         from google.cloud import compute_v1
 
         spot = request.capacity is Capacity.SPOT
@@ -264,7 +283,8 @@ class ComputeEngineSpotBackend(SpotBackend):
         command = self.command if isinstance(self.command, str) else shlex.join(self.command or [])
         if self.checkpoint_sync is not None:
             command = compute_engine_command(self.checkpoint_sync, command)
-        env = {**self.env, **request.contract.to_env(), **secret_refs_env(self.secrets)}
+        rendezvous = f"{gc.attempt_name(NAME_PREFIX, request)}.{zone}.c.{project}.internal"  # rank 0's DNS name
+        env = {**self.env, **request.node_contract(rank, rendezvous).to_env(), **secret_refs_env(self.secrets)}
         metadata = {
             **self.extra_metadata,
             "startup-script": self.startup_script or startup_script_template(),
@@ -277,11 +297,14 @@ class ComputeEngineSpotBackend(SpotBackend):
             interface.subnetwork = self.subnetwork
         if self.external_ip:
             interface.access_configs = [compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")]
+        labels = gc.resource_labels(request, self.labels)
+        if request.num_nodes > 1:
+            labels.update({"spot-training-node-rank": str(rank), "spot-training-num-nodes": str(request.num_nodes)})
         instance = compute_v1.Instance(
-            name=gc.attempt_name(NAME_PREFIX, request),
+            name=_node_name(request, rank),
             machine_type=f"zones/{zone}/machineTypes/{self.machine_type}",
             scheduling=scheduling,
-            labels=gc.resource_labels(request, self.labels),
+            labels=labels,
             metadata=compute_v1.Metadata(
                 items=[compute_v1.Items(key=k, value=v) for k, v in metadata.items()]),
             disks=[compute_v1.AttachedDisk(
@@ -307,6 +330,7 @@ class ComputeEngineSpotBackend(SpotBackend):
             launched_at=time.time(), pool=zone, project=project, zone=zone,
             name=gc.attempt_name(NAME_PREFIX, request), result_uri=request.contract.result_uri,
             zones_tried=list(tried),
+            node_names=[_node_name(request, rank) for rank in range(request.num_nodes)] if request.num_nodes > 1 else [],
         )
 
     def _typed(self, handle: AttemptHandle) -> ComputeEngineHandle:
@@ -342,36 +366,55 @@ class ComputeEngineSpotBackend(SpotBackend):
         from google.cloud import compute_v1
 
         tried: list[str] = []
-        for zone in self.zones:
-            insert = compute_v1.InsertInstanceRequest(
-                project=project, zone=zone, instance_resource=self._instance(request, zone, project),
-                request_id=gc.request_id(request.token, zone),
-            )
-            try:
-                operation = instances.insert_unary(request=insert, retry=gc.rate_limit_retry())
-            except Exception as e:
-                if _is_already_exists(e):
-                    return self._existing(request, project, zone, tried)
-                action = f"creating VM {insert.instance_resource.name} in {zone}"
-                raise self._translate(e, action, project) from e
-            operation = self._wait(operations, project, zone, operation)
-            codes = [err.code for err in operation.error.errors]
-            if not codes:
+        pools: list[str] = []
+        for zone in self._zones_first(request, project):
+            created: list[str] = []
+            for rank in range(request.num_nodes):
+                outcome = self._insert_node(request, project, zone, rank)
+                if outcome != "created":
+                    break
+                created.append(_node_name(request, rank))
+            if len(created) == request.num_nodes:
                 return self._handle(request, project, zone, tried)
-            if set(codes) & CAPACITY_ERROR_CODES:
-                tried.append(zone)
-                continue
-            raise self._operation_error(operation, project, zone)
+            for name in created:  # all or nothing: the part of the gang that was had is released
+                self._delete(project, zone, name)
+            tried.append(zone)
+            gang = f" (node {len(created)} of {request.num_nodes}: the gang was released)" if created else ""
+            pools.append(f"{self.machine_type}@{zone}: ZONE_RESOURCE_POOL_EXHAUSTED{gang}")
         what = "spot" if request.capacity is Capacity.SPOT else "on-demand"
-        pools = [f"{self.machine_type}@{zone}: ZONE_RESOURCE_POOL_EXHAUSTED" for zone in tried]
         raise CapacityUnavailable(
             f"no {what} capacity for {self.machine_type} in any of {len(self.zones)} zone(s): {'; '.join(pools)}. "
             "More zones in zones=[...] widen the search.", pools_tried=pools, capacity=request.capacity)
 
-    def _existing(self, request: LaunchRequest, project: str, zone: str, tried: list[str]) -> ComputeEngineHandle:
+    def _insert_node(self, request: LaunchRequest, project: str, zone: str, rank: int) -> str:
+        """Create node ``rank``'s VM in ``zone`` (idempotent): ``created``, or ``exhausted`` (no capacity)."""
+        from google.cloud import compute_v1
+
+        instances, operations, _ = self._connect()
+        insert = compute_v1.InsertInstanceRequest(
+            project=project, zone=zone, instance_resource=self._instance(request, zone, project, rank),
+            request_id=gc.request_id(request.token + (f"-n{rank}" if rank else ""), zone),
+        )
+        try:
+            operation = instances.insert_unary(request=insert, retry=gc.rate_limit_retry())
+        except Exception as e:
+            if _is_already_exists(e):
+                self._existing(request, project, zone, [], insert.instance_resource.name)
+                return "created"
+            raise self._translate(e, f"creating VM {insert.instance_resource.name} in {zone}", project) from e
+        operation = self._wait(operations, project, zone, operation)
+        codes = [err.code for err in operation.error.errors]
+        if not codes:
+            return "created"
+        if set(codes) & CAPACITY_ERROR_CODES:
+            return "exhausted"
+        raise self._operation_error(operation, project, zone)
+
+    def _existing(self, request: LaunchRequest, project: str, zone: str, tried: list[str],
+                  name: str | None = None) -> ComputeEngineHandle:
         """The insert hit a VM of the same name: ours (same token label) is re-attached, any other refused."""
         instances, _, _ = self._connect()
-        name = gc.attempt_name(NAME_PREFIX, request)
+        name = name or gc.attempt_name(NAME_PREFIX, request)
         inst = self._get(instances, project, zone, name)
         if inst is not None and inst.labels.get("spot-training-token") == gc.label_value(request.token):
             return self._handle(request, project, zone, tried)
@@ -423,11 +466,35 @@ class ComputeEngineSpotBackend(SpotBackend):
         for zone in self.zones:
             inst = self._get(instances, project, zone, name)
             if inst is not None and inst.labels.get("spot-training-token") == gc.label_value(request.token):
+                if not self._whole_gang(request, project, zone):
+                    return None  # part of a gang: launch() creates the rest idempotently, or releases it
                 return self._handle(request, project, zone, [])
         result = self._read_result(request.contract.result_uri, request.token)
         if result is not None:  # it ran and deleted itself while no one watched
             return self._handle(request, project, result.get("zone"), [])
         return None
+
+    def _zones_first(self, request: LaunchRequest, project: str) -> list[str]:
+        """The zone ladder; a zone holding part of this attempt's gang (a try died launching it) first.
+
+        Its VMs are then kept (their insert answers "already exists" and is re-attached) and
+        only the missing ranks are created, rather than a second gang in another zone.
+        """
+        if request.num_nodes == 1:
+            return list(self.zones)
+        instances, _, _ = self._connect()
+        token = gc.label_value(request.token)
+        for zone in self.zones:
+            for rank in range(request.num_nodes):
+                vm = self._get(instances, project, zone, _node_name(request, rank))
+                if vm is not None and vm.labels.get("spot-training-token") == token:
+                    return [zone] + [z for z in self.zones if z != zone]
+        return list(self.zones)
+
+    def _whole_gang(self, request: LaunchRequest, project: str, zone: str) -> bool:
+        instances, _, _ = self._connect()
+        return all(self._get(instances, project, zone, _node_name(request, rank)) is not None
+                   for rank in range(1, request.num_nodes))
 
     def _get(self, instances: Any, project: str, zone: str, name: str) -> Any | None:
         from google.api_core import exceptions as gexc
@@ -440,8 +507,10 @@ class ComputeEngineSpotBackend(SpotBackend):
             raise self._translate(e, f"reading VM {name} in {zone}", project) from e
 
     def describe(self, handle: AttemptHandle) -> AttemptStatus:
-        """The VM's attempt status; read-only (releasing an ended VM is :meth:`stop`'s job)."""
-        vm = self._typed(handle)
+        """The VM's (a gang: every VM's) attempt status; read-only (releasing ended VMs is :meth:`stop`'s job)."""
+        return combine_gang([self._describe_vm(node) for node in self._typed(handle).nodes()])
+
+    def _describe_vm(self, vm: ComputeEngineHandle) -> AttemptStatus:
         instances, operations, project = self._connect()
         result = self._read_result(vm.result_uri, vm.token)
         common: dict[str, Any] = {"started_at": vm.launched_at, "details": self._details(vm, result)}
@@ -503,19 +572,29 @@ class ComputeEngineSpotBackend(SpotBackend):
         return record
 
     def stop(self, handle: AttemptHandle) -> None:
-        """Delete the VM (the startup script normally did); a missing VM is fine."""
-        from google.api_core import exceptions as gexc
-
+        """Delete the VM, every VM of a gang (the startup script normally did); a missing VM is fine."""
         vm = self._typed(handle)
         if not vm.zone:
             return
-        instances, _, project = self._connect()
+        for node in vm.nodes():
+            self._delete(vm.project, vm.zone, node.name)
+
+    def _delete(self, project: str, zone: str, name: str) -> None:
+        from google.api_core import exceptions as gexc
+
+        instances, _, _ = self._connect()
         try:
-            instances.delete_unary(project=project, zone=vm.zone, instance=vm.name, retry=gc.rate_limit_retry())
+            instances.delete_unary(project=project, zone=zone, instance=name, retry=gc.rate_limit_retry())
         except gexc.NotFound:
             pass
         except Exception as e:
-            raise self._translate(e, f"deleting VM {vm.name}", vm.project) from e
+            raise self._translate(e, f"deleting VM {name}", project) from e
+
+
+def _node_name(request: LaunchRequest, rank: int) -> str:
+    """The VM of node ``rank``: the attempt's name for rank 0, ``<name>-n<rank>`` for the others."""
+    name = gc.attempt_name(NAME_PREFIX, request)
+    return name if rank == 0 else f"{name}-n{rank}"
 
 
 def _is_already_exists(e: Exception) -> bool:

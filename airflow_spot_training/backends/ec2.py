@@ -36,6 +36,15 @@ Logs
     CloudWatch Logs stream per attempt (:mod:`~airflow_spot_training.bootstrap.cloudwatch_logs`).
     :meth:`EC2SpotBackend.training_log` reads a failed attempt's last lines from there.
 
+Gangs (``num_nodes`` > 1)
+    All or nothing: rank 0 is launched first (its private address is every node's
+    rendezvous), then ranks 1 .. N-1 in the same pool, each with its own ``ClientToken``
+    and user data (its rank, rank 0's address), all tagged with the attempt's token and
+    their rank. A pool that cannot hold the whole gang (a capacity error, an unfulfilled
+    spot request, for any rank) has what was launched terminated and counts as no
+    capacity: the next pool is tried, then the policy waits or escalates. One instance
+    reclaimed ends the attempt as one preemption; the operator then terminates the rest.
+
 Cost
     The spot price at launch comes from ``DescribeSpotPriceHistory``; the on-demand
     price from ``on_demand_prices`` or, when ``use_pricing_api`` is on, the Pricing API.
@@ -80,9 +89,11 @@ from airflow_spot_training.backends.base import (
     TrainingLog,
     argument,
     check_env_names,
+    combine_gang,
 )
 from airflow_spot_training.backends.ec2_batching import coordinator_for
 from airflow_spot_training.bootstrap import render_ec2_user_data
+from airflow_spot_training.core.contract import node_result_uri
 from airflow_spot_training.core.epoch import epoch_seconds
 from airflow_spot_training.core.folder_sync import ec2_user_data_command
 from airflow_spot_training.core.policy import Capacity
@@ -92,6 +103,9 @@ log = logging.getLogger(__name__)
 
 TAG_PREFIX = "spot-training:"
 TOKEN_TAG = f"{TAG_PREFIX}token"
+RANK_TAG = f"{TAG_PREFIX}node-rank"
+#: a gang's pool (its index in the ladder): where a gang cut short by a dying worker is completed
+POOL_TAG = f"{TAG_PREFIX}gang-pool"
 
 #: instance state reasons
 PREEMPTION_REASONS = frozenset({"Server.SpotInstanceTermination", "Server.SpotInstanceShutdown"})
@@ -140,6 +154,16 @@ class EC2Handle(AttemptHandle):
     result_uri: str = ""
     spot_price: float | None = None
     on_demand_price: float | None = None
+    #: a gang's instances, in rank order (``instance_id`` is rank 0's); empty for one node
+    node_instance_ids: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def instance_ids(self) -> list[str]:
+        return list(self.node_instance_ids) or [self.instance_id]
+
+
+class _PoolRefused(Exception):
+    """A pool could not hold the attempt (or its whole gang): what it answered."""
 
 
 class EC2SpotBackend(SpotBackend):
@@ -151,6 +175,7 @@ class EC2SpotBackend(SpotBackend):
     positional_argument = "command"
     link_labels = ("EC2 instance", "Logs")
     checkpoint_schemes = frozenset({"s3", "gs", "file"})
+    supports_gangs = True
 
     command: str | list[str] = argument(
         doc="the training command run on the instance: a shell command line or a list of strings "
@@ -317,24 +342,19 @@ class EC2SpotBackend(SpotBackend):
             return existing
         tried: list[str] = []
         pools = self.capacity_pools()
-        for index, pool in enumerate(pools):
+        partial = self._partial_gang(request)  # a try that died launching the gang left these running
+        for index in _pools_first(len(pools), partial.get("pool")):
+            pool = pools[index]
             label = _pool_label(pool)
+            reuse = partial["nodes"] if partial.get("pool") == index else {}
             try:
-                instance = self._run_instance(request, pool, index)
-            except Exception as e:
-                code = error_code(e)
-                if code in CAPACITY_ERRORS:
-                    log.warning("pool %s: %s; trying the next pool", label, code)
-                    tried.append(f"{label}: {code}")
-                    continue
-                raise self._action_required(e, request, pool) from e
-            capacity_code = self._spot_request_capacity_code(instance)
-            if capacity_code:
-                log.warning("pool %s: spot request %s; trying the next pool", label, capacity_code)
-                self._terminate(instance["InstanceId"])
-                tried.append(f"{label}: {capacity_code}")
+                instances = self._launch_gang(request, pool, index, reuse)
+            except _PoolRefused as refused:
+                log.warning("pool %s: %s; trying the next pool", label, refused)
+                tried.append(f"{label}: {refused}")
                 continue
-            return self._handle(request, pool, instance, tried)
+            return self._handle(request, pool, instances[0], tried,
+                                [i["InstanceId"] for i in instances] if len(instances) > 1 else [])
         what = "spot" if request.capacity is Capacity.SPOT else "on-demand"
         raise CapacityUnavailable(
             f"no {what} capacity in any of {len(pools)} pool(s): {'; '.join(tried)}. More instance types, or "
@@ -342,18 +362,74 @@ class EC2SpotBackend(SpotBackend):
             pools_tried=tried, capacity=request.capacity,
         )
 
-    def _run_instance(self, request: LaunchRequest, pool: dict[str, str], index: int) -> dict[str, Any]:
-        response = self.client.run_instances(**self.run_instances_params(request, pool, index))
-        return response["Instances"][0]
+    def _partial_gang(self, request: LaunchRequest) -> dict[str, Any]:
+        """Live nodes of this attempt's gang left by a try that died while launching it: their pool and ranks.
 
-    def run_instances_params(self, request: LaunchRequest, pool: dict[str, str], index: int) -> dict[str, Any]:
-        """The ``RunInstances`` arguments for one attempt in one pool."""
-        tags = [{"Key": k, "Value": v} for k, v in self._tags(request).items()]
+        They are completed in their pool (the ranks that are missing launched there) rather than
+        launched a second time; ``{}`` when there are none (or for a single node).
+        """
+        if request.num_nodes == 1:
+            return {}
+        response = self.client.describe_instances(Filters=[{"Name": f"tag:{TOKEN_TAG}", "Values": [request.token]}])
+        nodes: dict[int, dict[str, Any]] = {}
+        pools = set()
+        for instance in (i for r in response.get("Reservations", []) for i in r.get("Instances", [])):
+            tags = {t.get("Key"): t.get("Value") for t in instance.get("Tags") or []}
+            live = (instance.get("State") or {}).get("Name") not in ENDED_STATES
+            if live and str(tags.get(RANK_TAG, "")).isdigit() and str(tags.get(POOL_TAG, "")).isdigit():
+                nodes[int(tags[RANK_TAG])] = instance
+                pools.add(int(tags[POOL_TAG]))
+        return {"pool": pools.pop(), "nodes": nodes} if len(pools) == 1 else {}
+
+    def _launch_gang(self, request: LaunchRequest, pool: dict[str, str], index: int,
+                     reuse: dict[int, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Every node of the attempt in one pool, rank 0 first; nothing left running if one cannot be had.
+
+        ``reuse``: nodes already running in this pool (by rank), kept instead of launched again.
+        """
+        launched: list[dict[str, Any]] = []
+        master_addr = ""
+        try:
+            for rank in range(request.num_nodes):
+                instance = (reuse or {}).get(rank) or self._launch_node(request, pool, index, rank, master_addr)
+                launched.append(instance)
+                master_addr = master_addr or str(instance.get("PrivateIpAddress") or "")
+        except BaseException:
+            for instance in launched:  # all or nothing: release the part of the gang that was had
+                self._terminate(instance["InstanceId"])
+            raise
+        return launched
+
+    def _launch_node(self, request: LaunchRequest, pool: dict[str, str], index: int, rank: int,
+                     master_addr: str) -> dict[str, Any]:
+        of_gang = f" (node {rank} of {request.num_nodes}: the gang was released)" if request.num_nodes > 1 else ""
+        try:
+            instance = self._run_instance(request, pool, index, rank, master_addr)
+        except Exception as e:
+            code = error_code(e)
+            if code in CAPACITY_ERRORS:
+                raise _PoolRefused(f"{code}{of_gang}") from e
+            raise self._action_required(e, request, pool) from e
+        capacity_code = self._spot_request_capacity_code(instance)
+        if capacity_code:
+            self._terminate(instance["InstanceId"])
+            raise _PoolRefused(f"{capacity_code}{of_gang}")
+        return instance
+
+    def _run_instance(self, request: LaunchRequest, pool: dict[str, str], index: int, rank: int = 0,
+                      master_addr: str = "") -> dict[str, Any]:
+        params = self.run_instances_params(request, pool, index, rank=rank, master_addr=master_addr)
+        return self.client.run_instances(**params)["Instances"][0]
+
+    def run_instances_params(self, request: LaunchRequest, pool: dict[str, str], index: int, *, rank: int = 0,
+                             master_addr: str = "") -> dict[str, Any]:
+        """The ``RunInstances`` arguments for one attempt (node ``rank`` of its gang) in one pool."""
+        tags = [{"Key": k, "Value": v} for k, v in self._tags(request, rank, index).items()]
         params: dict[str, Any] = {
             "MinCount": 1,
             "MaxCount": 1,
-            "ClientToken": f"{request.token}-p{index}",
-            "UserData": self.user_data(request),
+            "ClientToken": f"{request.token}-p{index}" + (f"-n{rank}" if rank else ""),
+            "UserData": self.user_data(request, rank, master_addr),
             "InstanceInitiatedShutdownBehavior": "terminate",
             # IMDSv2 only: the training's notice poller and the bootstrap use session tokens
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
@@ -392,28 +468,36 @@ class EC2SpotBackend(SpotBackend):
             }
         return params
 
-    def user_data(self, request: LaunchRequest) -> str:
-        """The rendered bootstrap script for one attempt."""
+    def user_data(self, request: LaunchRequest, rank: int = 0, master_addr: str = "") -> str:
+        """The rendered bootstrap script for one attempt (node ``rank`` of its gang).
+
+        Rank 0 meets its peers on itself (``127.0.0.1``); the others at rank 0's private address.
+        """
         command = self.command if isinstance(self.command, str) else shlex.join(self.command or [])
         if self.checkpoint_sync is not None:
             command = ec2_user_data_command(self.checkpoint_sync, command)
+        contract = request.node_contract(rank, master_addr or "127.0.0.1")
         return render_ec2_user_data(
-            request.contract, command=command, container_image=self.container_image, env=self.env,
+            contract, command=command, container_image=self.container_image, env={**self.env, **contract.gang_env()},
             secrets=self.secrets, template=self.user_data_template,
             log_group=self.log_group, log_region=self._region() if self.log_group else None,
         )
 
-    def _tags(self, request: LaunchRequest) -> dict[str, str]:
+    def _tags(self, request: LaunchRequest, rank: int = 0, pool_index: int = 0) -> dict[str, str]:
         tags = dict(self.tags)
         for key, value in request.labels.items():
             tags[f"{TAG_PREFIX}{key.replace('_', '-')}"] = str(value)[:256]
         tags[TOKEN_TAG] = request.token
         tags[f"{TAG_PREFIX}capacity"] = request.capacity.value
+        if request.num_nodes > 1:
+            tags[RANK_TAG] = str(rank)
+            tags[f"{TAG_PREFIX}num-nodes"] = str(request.num_nodes)
+            tags[POOL_TAG] = str(pool_index)
         tags.setdefault("Name", f"spot-training-{request.labels.get('task_id', 'task')}-a{request.attempt}"[:256])
         return tags
 
     def _handle(self, request: LaunchRequest, pool: dict[str, str], instance: dict[str, Any],
-                tried: list[str]) -> EC2Handle:
+                tried: list[str], node_instance_ids: list[str] | None = None) -> EC2Handle:
         instance_type = instance.get("InstanceType") or pool.get("instance_type")
         zone = (instance.get("Placement") or {}).get("AvailabilityZone") or pool.get("availability_zone")
         spot_price = self._spot_price(instance_type, zone) if request.capacity is Capacity.SPOT else None
@@ -435,6 +519,7 @@ class EC2SpotBackend(SpotBackend):
             result_uri=request.contract.result_uri,
             spot_price=spot_price,
             on_demand_price=self.on_demand_price(instance_type),
+            node_instance_ids=list(node_instance_ids or []),
         )
 
     def attempt_links(self, handle: AttemptHandle) -> list[AttemptLink]:
@@ -480,11 +565,14 @@ class EC2SpotBackend(SpotBackend):
         if not instances:
             return None
         instances.sort(key=lambda i: (i.get("State", {}).get("Name") not in ENDED_STATES, str(i.get("LaunchTime"))))
-        instance = instances[-1]
+        gang = _newest_gang(instances, request.num_nodes)
+        if gang is None:
+            return None  # part of a gang: launch() launches the rest idempotently, or releases it
+        instance = gang[0]
         pool = {"instance_type": instance.get("InstanceType", "")}
         if instance.get("SubnetId"):
             pool["subnet_id"] = instance["SubnetId"]
-        return self._handle(request, pool, instance, [])
+        return self._handle(request, pool, instance, [], [i["InstanceId"] for i in gang] if len(gang) > 1 else [])
 
     # =====================================================================================
     # cloud errors
@@ -590,18 +678,21 @@ class EC2SpotBackend(SpotBackend):
     def describe(self, handle: AttemptHandle) -> AttemptStatus:
         ec2 = self._typed(handle)
         try:
-            response = self.client.describe_instances(InstanceIds=[ec2.instance_id])
+            response = self.client.describe_instances(InstanceIds=ec2.instance_ids)
             instances = [i for r in response.get("Reservations", []) for i in r.get("Instances", [])]
         except Exception as e:
             if error_code(e) != "InvalidInstanceID.NotFound":
                 raise
             instances = []
-        instance = instances[0] if instances else None
-        status, needs = classify_instance(instance, ec2)
+        by_id = {i.get("InstanceId"): i for i in instances}
+        return combine_gang([self._node_status(node, by_id.get(node.instance_id)) for node in _nodes(ec2)])
+
+    def _node_status(self, node: EC2Handle, instance: dict[str, Any] | None) -> AttemptStatus:
+        status, needs = classify_instance(instance, node)
         if needs is None:
             return status
         code = self._spot_request_code(instance) if needs == "spot-request" else None
-        return settle_ended(status, self._read_result(ec2), ec2.token, code)
+        return settle_ended(status, self._read_result(node), node.token, code)
 
     def _typed(self, handle: AttemptHandle) -> EC2Handle:
         ec2 = self.load_handle(handle)
@@ -651,21 +742,28 @@ class EC2SpotBackend(SpotBackend):
     async def poll(self, handle: AttemptHandle) -> AttemptStatus:
         ec2 = self._typed(handle)
         coordinator = coordinator_for(self._describe_key(), self._async_client, self._describe_interval())
-        instance = await coordinator.describe(ec2.instance_id, caller=handle)
-        status, needs = classify_instance(instance, ec2)
+        statuses = [await self._apoll_node(coordinator, node, handle) for node in _nodes(ec2)]
+        status = combine_gang(statuses)
+        if status.is_final:
+            for instance_id in ec2.instance_ids:
+                coordinator.forget(instance_id)
+        return status
+
+    async def _apoll_node(self, coordinator: Any, node: EC2Handle, caller: AttemptHandle) -> AttemptStatus:
+        instance = await coordinator.describe(node.instance_id, caller=caller)
+        status, needs = classify_instance(instance, node)
         if needs is not None:
             code = await asyncio.to_thread(self._spot_request_code, instance) if needs == "spot-request" else None
-            result = await asyncio.to_thread(self._read_result, ec2)
-            status = settle_ended(status, result, ec2.token, code)
-        if status.is_final:
-            coordinator.forget(ec2.instance_id)
+            result = await asyncio.to_thread(self._read_result, node)
+            status = settle_ended(status, result, node.token, code)
         return status
 
     # =====================================================================================
     # stopping
     # =====================================================================================
     def stop(self, handle: AttemptHandle) -> None:
-        self._terminate(self._typed(handle).instance_id)
+        for instance_id in self._typed(handle).instance_ids:  # a gang: every node
+            self._terminate(instance_id)
 
     def _terminate(self, instance_id: str) -> None:
         try:
@@ -675,13 +773,13 @@ class EC2SpotBackend(SpotBackend):
                 raise
 
     async def astop(self, handle: AttemptHandle) -> None:
-        instance_id = self._typed(handle).instance_id
         async with await self.hook.get_async_conn() as client:
-            try:
-                await client.terminate_instances(InstanceIds=[instance_id])
-            except Exception as e:
-                if error_code(e) != "InvalidInstanceID.NotFound":
-                    raise
+            for instance_id in self._typed(handle).instance_ids:
+                try:
+                    await client.terminate_instances(InstanceIds=[instance_id])
+                except Exception as e:
+                    if error_code(e) != "InvalidInstanceID.NotFound":
+                        raise
 
 
 # =========================================================================================
@@ -765,6 +863,39 @@ def settle_ended(status: AttemptStatus, result: dict[str, Any] | None, token: st
     elif status.state is not AttemptState.PREEMPTED:
         status.state, status.reason = AttemptState.FAILED, f"training exited with code {exit_code}"
     return status
+
+
+def _pools_first(count: int, first: int | None) -> list[int]:
+    """The ladder's pool indexes in order, with ``first`` (a partial gang's pool) moved to the front."""
+    order = list(range(count))
+    if first is not None and first in order:
+        order.remove(first)
+        order.insert(0, first)
+    return order
+
+
+def _nodes(handle: EC2Handle) -> list[EC2Handle]:
+    """One handle per node of the attempt (rank order), each with its own instance and result record."""
+    if not handle.node_instance_ids:
+        return [handle]
+    return [dataclasses.replace(handle, instance_id=instance_id, node_instance_ids=[],
+                                result_uri=node_result_uri(handle.result_uri, rank))
+            for rank, instance_id in enumerate(handle.node_instance_ids)]
+
+
+def _newest_gang(instances: list[dict[str, Any]], num_nodes: int) -> list[dict[str, Any]] | None:
+    """From an attempt's instances (oldest first), the newest instance of each rank, if every rank has one."""
+    if num_nodes == 1:
+        return [instances[-1]]
+    newest: dict[int, dict[str, Any]] = {}
+    for instance in instances:
+        tags = {t.get("Key"): t.get("Value") for t in instance.get("Tags") or []}
+        rank = str(tags.get(RANK_TAG, ""))
+        if rank.isdigit():
+            newest[int(rank)] = instance
+    if sorted(newest) != list(range(num_nodes)):
+        return None
+    return [newest[rank] for rank in range(num_nodes)]
 
 
 def on_demand_price_from_product(price_list: list[Any]) -> float | None:

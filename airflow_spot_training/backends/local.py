@@ -206,6 +206,7 @@ class LocalBackend(SpotBackend):
     default_restart_overhead = 3.0
     positional_argument = "command"
     link_labels = ("Training log",)
+    supports_gangs = True
 
     command: list[str] = argument(
         doc="the training command, as a list of strings, e.g. "
@@ -336,9 +337,12 @@ class LocalBackend(SpotBackend):
             "command": self._command(attempt_dir),
             "capacity": request.capacity.value,
             "env": {**self.env, **request.contract.to_env()},  # declared variables only
+            "node_env": _node_envs(request),
+            "attempt": request.attempt,
             "cwd": self.cwd,
             "preempt_at": preempt_at,
             "notice_seconds": self._notice_seconds(request),
+            "stop_seconds": float(self.notice_seconds),
         }
         write_private_json(attempt_dir / SPEC_FILE, spec)
         with open_private(attempt_dir / "supervisor.log", "ab") as out:
@@ -455,15 +459,34 @@ class LocalBackend(SpotBackend):
         return str(Path(local.attempt_dir) / LOG_FILE)
 
 
+def _node_envs(request: LaunchRequest) -> list[dict[str, str]]:
+    """Each node's own variables: its rank and rank 0's loopback address (one empty entry for one node)."""
+    if request.num_nodes == 1:
+        return [{}]
+    port = _free_loopback_port()
+    return [{**request.node_contract(rank, "127.0.0.1", port).gang_env(), "GLOO_SOCKET_IFNAME": "lo"}
+            for rank in range(request.num_nodes)]
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def training_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment a local training inherits: this process's, without the deployment's secrets."""
     source = os.environ if base is None else base
     return {k: v for k, v in source.items() if not k.startswith(PRIVATE_ENV_PREFIXES)}
 
 
-def request_preemption(attempt_dir: str | os.PathLike[str]) -> bool:
+def request_preemption(attempt_dir: str | os.PathLike[str], node: int | None = None) -> bool:
     """Make a running spot attempt be reclaimed now (notice, then hard kill).
 
+    ``node``: in a gang, the node reclaimed (default: node (attempt - 1) mod N); it matters
+    when the reclaim comes with no notice (that node dies at once, the others get the notice).
     Returns ``False`` (and changes nothing) when the attempt is on-demand or has ended.
     """
     from airflow_spot_training.backends.local_supervisor import PREEMPT_NOW_FILE
@@ -477,7 +500,7 @@ def request_preemption(attempt_dir: str | os.PathLike[str]) -> bool:
     launch = _read_json(attempt_dir / LAUNCH_FILE)
     if launch is None or not _alive(int(launch["supervisor_pid"])):
         return False
-    (attempt_dir / PREEMPT_NOW_FILE).touch()
+    (attempt_dir / PREEMPT_NOW_FILE).write_text("" if node is None else str(int(node)))
     return True
 
 

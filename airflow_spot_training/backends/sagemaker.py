@@ -43,6 +43,7 @@ from airflow_spot_training.backends.base import (
     AttemptLink,
     AttemptState,
     AttemptStatus,
+    BackendConfigError,
     CloudActionRequired,
     LaunchRequest,
     SpotBackend,
@@ -88,6 +89,7 @@ class SageMakerSpotBackend(SpotBackend):
     default_restart_overhead = 300.0
     link_labels = ("SageMaker job", "Logs")
     checkpoint_schemes = frozenset({"s3"})
+    supports_gangs = True
 
     image_uri: str = argument(doc="the training image (ECR URI), e.g. "
                                   "'123456789012.dkr.ecr.us-east-1.amazonaws.com/train:latest'",
@@ -205,7 +207,10 @@ class SageMakerSpotBackend(SpotBackend):
         """The ``CreateTrainingJob`` arguments of one attempt."""
         contract = request.contract
         prefix = contract.checkpoint_uri.rstrip("/")
-        env = {**self.environment, **contract.to_env(), spot_contract.CHECKPOINT_URI: self.checkpoint_local_path,
+        # a gang's ranks must see each other's shard records: they checkpoint to the prefix itself,
+        # where a single node checkpoints to the local path SageMaker syncs
+        local = prefix if contract.is_gang else self.checkpoint_local_path
+        env = {**self.environment, **contract.to_env(), spot_contract.CHECKPOINT_URI: local,
                "SPOT_TRAINING_CHECKPOINT_S3_URI": prefix, **spot_contract.secret_refs_env(self.secrets)}
         spot = request.capacity is Capacity.SPOT
         algorithm: dict[str, Any] = {"TrainingImage": self.image_uri, "TrainingInputMode": "File"}
@@ -223,7 +228,8 @@ class SageMakerSpotBackend(SpotBackend):
             "AlgorithmSpecification": algorithm,
             "RoleArn": self.role_arn,
             "OutputDataConfig": {"S3OutputPath": self.output_s3_uri or f"{prefix}/_output"},
-            "ResourceConfig": {"InstanceType": self.instance_type, "InstanceCount": self.instance_count,
+            "ResourceConfig": {"InstanceType": self.instance_type,
+                               "InstanceCount": self.instance_count * request.num_nodes,
                                "VolumeSizeInGB": self.volume_size_gb},
             "StoppingCondition": stopping,
             "EnableManagedSpotTraining": spot,
@@ -265,10 +271,18 @@ class SageMakerSpotBackend(SpotBackend):
     def _handle(self, request: LaunchRequest) -> SageMakerHandle:
         return SageMakerHandle(
             backend=self.kind, token=request.token, attempt=request.attempt, capacity=request.capacity.value,
-            launched_at=time.time(), pool=f"{self.instance_type}x{self.instance_count}",
+            launched_at=time.time(), pool=f"{self.instance_type}x{self.instance_count * request.num_nodes}",
             job_name=self.job_name(request), region=str(self.hook.conn_region_name or ""),
             partition=str(getattr(self.hook, "conn_partition", None) or "aws"), instance_count=self.instance_count,
         )
+
+    def check_gang(self, num_nodes: int) -> None:
+        """A gang is ``InstanceCount=num_nodes``; with ``instance_count`` > 1 too, the count would be said twice."""
+        if num_nodes > 1 and self.instance_count > 1:
+            raise BackendConfigError(
+                f"SageMakerSpotBackend: instance_count={self.instance_count} and the operator's num_nodes={num_nodes} "
+                "both set the job's InstanceCount; give it once: num_nodes (each node told its rank, billed per "
+                "node), with instance_count=1.")
 
     def _typed(self, handle: AttemptHandle) -> SageMakerHandle:
         job = self.load_handle(handle)

@@ -126,6 +126,7 @@ class VertexAISpotBackend(SpotBackend):
     """
 
     kind = "vertex_ai"
+    supports_gangs = True
     handle_type = VertexAIHandle
     default_restart_overhead = 180.0
     link_labels = ("Vertex AI job", "Logs")
@@ -287,7 +288,16 @@ class VertexAISpotBackend(SpotBackend):
         return f"projects/{project}/locations/{self.region}"
 
     # -- the job -------------------------------------------------------------------------
-    def _worker_pool_specs(self, env: dict[str, str]) -> list[Any]:
+    def check_gang(self, num_nodes: int) -> None:
+        """A gang is two worker pools of this machine: the primary replica (rank 0) and ``num_nodes`` - 1 workers."""
+        if num_nodes > 1 and (self.worker_pool_specs is not None or self.replica_count > 1):
+            given = "worker_pool_specs" if self.worker_pool_specs is not None else f"replica_count={self.replica_count}"
+            raise BackendConfigError(
+                f"VertexAISpotBackend: {given} and the operator's num_nodes={num_nodes} both say how many replicas "
+                "run; give it once: num_nodes (with machine_type= and image_uri=, replica_count=1), or your own "
+                "worker_pool_specs with num_nodes=1.")
+
+    def _worker_pool_specs(self, env: dict[str, str], num_nodes: int = 1) -> list[Any]:
         from google.cloud.aiplatform_v1.types import custom_job as cj
 
         env_vars = [{"name": k, "value": v} for k, v in env.items()]
@@ -313,6 +323,9 @@ class VertexAISpotBackend(SpotBackend):
                                     else vertex_ai_container_command(self.checkpoint_sync, self.command))
         if self.args:
             container["args"] = self.args
+        if num_nodes > 1:  # Vertex's CLUSTER_SPEC ranks workerpool0 first, then workerpool1's replicas
+            return [cj.WorkerPoolSpec(machine_spec=machine, replica_count=1, container_spec=container),
+                    cj.WorkerPoolSpec(machine_spec=machine, replica_count=num_nodes - 1, container_spec=container)]
         return [cj.WorkerPoolSpec(machine_spec=machine, replica_count=self.replica_count,
                                   container_spec=container)]
 
@@ -329,7 +342,7 @@ class VertexAISpotBackend(SpotBackend):
             scheduling.timeout = duration_pb2.Duration(seconds=int(self.timeout_seconds))
         spec = cj.CustomJobSpec(
             worker_pool_specs=self._worker_pool_specs(
-                {**self.env, **request.contract.to_env(), **secret_refs_env(self.secrets)}),
+                {**self.env, **request.contract.to_env(), **secret_refs_env(self.secrets)}, request.num_nodes),
             base_output_directory={
                 "output_uri_prefix": base_output_directory(request.contract.checkpoint_uri)},
             scheduling=scheduling,

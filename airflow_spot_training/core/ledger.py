@@ -55,6 +55,9 @@ class AttemptRecord:
     #: in-place interruptions (SageMaker) after the training's final checkpoint: they cost
     #: nothing and are not preemptions, but the backend keeps counting them
     ignored_interruptions: int = 0
+    #: machines the attempt ran on together (a gang); billed as node-seconds, and one node
+    #: reclaimed is one preemption of the attempt
+    nodes: int = 1
 
     def __post_init__(self) -> None:
         self.outcome = AttemptState(self.outcome)
@@ -76,17 +79,22 @@ class AttemptRecord:
         end = self.ended_at if self.ended_at is not None else (now if now is not None else time.time())
         return max(0.0, end - begin)
 
+    def node_seconds(self, now: float | None = None) -> float:
+        """Billed machine-seconds: each node's billable (else wall-clock) seconds, times the nodes."""
+        seconds = self.billable_seconds if self.billable_seconds is not None else self.seconds(now)
+        return seconds * self.nodes
+
     def cost(self, now: float | None = None) -> float | None:
+        """price x nodes x seconds (a cloud's billable seconds are per node, as SageMaker reports them)."""
         if self.price_per_hour is None:
             return None
-        seconds = self.billable_seconds if self.billable_seconds is not None else self.seconds(now)
-        return seconds / 3600.0 * self.price_per_hour
+        return self.node_seconds(now) / 3600.0 * self.price_per_hour
 
     def baseline_seconds(self, now: float | None = None) -> float:
-        """Seconds an on-demand run of the same work would bill."""
+        """Node-seconds an on-demand run of the same work would bill."""
         if self.training_seconds is not None:
-            return self.training_seconds
-        return self.billable_seconds if self.billable_seconds is not None else self.seconds(now)
+            return self.training_seconds * self.nodes
+        return self.node_seconds(now)
 
     def savings(self, on_demand_price: float | None, now: float | None = None) -> float | None:
         """USD saved against running this attempt's seconds on on-demand capacity."""
@@ -268,6 +276,8 @@ class RunLedger:
                     "started_at": a.started_at if a.started_at is not None else a.launched_at,
                     "ended_at": a.ended_at,
                     "seconds": round(a.seconds(now), 3),
+                    "nodes": a.nodes,
+                    "node_seconds": round(a.node_seconds(now), 3),
                     "preemptions": a.preemptions,
                     "start_step": a.start_step,
                     "checkpoint_step": a.checkpoint_step,

@@ -174,6 +174,10 @@ class SpotTrainingOperator(BaseOperator):
     :param deferrable: wait in the triggerer, or block a worker slot (default
         ``[spot_training] default_deferrable``, itself true by default).
     :param progress_log_interval: seconds between two progress lines in the triggerer log.
+    :param num_nodes: machines each attempt runs on together (multi-node training, a gang):
+        every node gets its rank, the gang's size and rank 0's address (user guide,
+        "Multi-node training"); one node reclaimed stops the gang and counts as one
+        preemption; cost is billed per node. Needs a backend that can gang. Default 1.
     """
 
     template_fields: Sequence[str] = ("checkpoint_prefix", "deadline", "backend")
@@ -199,6 +203,7 @@ class SpotTrainingOperator(BaseOperator):
         return_to_spot: bool = False,
         deferrable: bool | None = None,
         progress_log_interval: float | timedelta | None = None,
+        num_nodes: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -231,6 +236,7 @@ class SpotTrainingOperator(BaseOperator):
         self.return_to_spot = return_to_spot
         self.deferrable = settings.default_deferrable() if deferrable is None else bool(deferrable)
         self.progress_log_interval = _seconds(progress_log_interval, "progress_log_interval", minimum=0.01)
+        self.num_nodes = self._check_num_nodes(num_nodes)
         if isinstance(checkpoint_prefix, str) and not is_template(checkpoint_prefix):
             self._check_prefix_shape(checkpoint_prefix)
         if return_to_spot:
@@ -271,6 +277,20 @@ class SpotTrainingOperator(BaseOperator):
             )
         return policy or default_policy(deadline=self.deadline, expected_runtime=self.expected_runtime,
                                         max_preemptions=max_preemptions)
+
+    def _check_num_nodes(self, num_nodes: Any) -> int:
+        if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
+            raise SpotTrainingConfigError(
+                f"{self.task_id}: num_nodes={num_nodes!r} is invalid: give an integer >= 1 (the machines each "
+                "attempt trains on together; 1 for a single machine)."
+            )
+        try:
+            self.backend.check_gang(num_nodes)
+        except BackendConfigError as e:
+            gangs = ", ".join(sorted(kind for kind, can in _gang_backends().items() if can))
+            fix = "" if self.backend.supports_gangs else f" Use num_nodes=1, or a backend that can ({gangs})."
+            raise SpotTrainingConfigError(f"{self.task_id}: num_nodes={num_nodes}: {e}{fix}") from e
+        return num_nodes
 
     def _check_deadline(self, deadline: Any) -> None:
         if is_template(deadline):
@@ -610,6 +630,7 @@ class SpotTrainingOperator(BaseOperator):
             result_uri=posixpath.join(ledger.checkpoint_prefix.rstrip("/"), "_results",
                                       f"attempt-{record.number}.json"),
             token=record.token,
+            num_nodes=record.nodes,
         )
         labels = {
             "dag_id": ti.dag_id,
@@ -638,6 +659,7 @@ class SpotTrainingOperator(BaseOperator):
             start_step=start_step,
             checkpoint_step=start_step,
             total_steps=checkpoint.total_steps if checkpoint else None,
+            nodes=self.num_nodes,
         )
         ledger.attempts.append(record)
         # Persist before launching: a worker that dies inside launch() leaves a record whose
@@ -1020,6 +1042,22 @@ class SpotTrainingOperator(BaseOperator):
         context["ti"].xcom_push(key=XCOM_LEDGER_KEY, value=summary)
         self.log.info("training finished:\n%s", format_summary(summary))
         return summary
+
+
+def _gang_backends() -> dict[str, bool]:
+    """Each backend name and whether it can run gangs (for the message refusing ``num_nodes``)."""
+    import importlib
+
+    from airflow_spot_training.backends import BACKENDS
+
+    out = {}
+    for kind, classpath in BACKENDS.items():
+        module_name, _, name = classpath.rpartition(".")
+        try:
+            out[kind] = bool(getattr(importlib.import_module(module_name), name).supports_gangs)
+        except ImportError:  # a backend whose SDK is not installed here
+            out[kind] = False
+    return out
 
 
 def _finished_by(checkpoint: CheckpointInfo | None, record: AttemptRecord) -> bool:

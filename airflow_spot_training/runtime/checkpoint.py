@@ -11,6 +11,12 @@ only ever returns a step whose commit record exists and parses, so a writer
 killed at any point leaves the previous committed checkpoint in charge.
 Retention removes a step's commit record before its payload, so a half-deleted
 step is never mistaken for a committed one.
+
+In a gang (``num_shards`` > 1, read from the contract by default), every rank's
+:meth:`CheckpointManager.save` writes that rank's shard (``step-N/shard-R/...``, then its
+shard record); the step is committed, by whichever rank completes it, only once every
+rank's shard of that step, from the same attempt, is there. :meth:`latest` is the newest
+step every rank committed; :meth:`open_file` reads this rank's own shard of it.
 """
 
 from __future__ import annotations
@@ -31,9 +37,15 @@ from airflow_spot_training.core import contract as spot_contract
 from airflow_spot_training.core.checkpoint_protocol import (
     COMMIT_FILE,
     CommitRecord,
+    ShardRecord,
+    complete_gang,
+    merged_commit,
+    parse_shard_record_name,
     parse_step_dir,
     progress_record_name,
     result_record_name,
+    shard_dir_name,
+    shard_record_name,
     step_dir_name,
 )
 
@@ -55,6 +67,13 @@ class Checkpoint:
 
     uri: str
     record: CommitRecord
+    #: ranks whose shard of this step is not written yet (a gang's save returns before the
+    #: other ranks have written theirs); empty once the step is committed
+    pending_shards: tuple[int, ...] = ()
+
+    @property
+    def committed(self) -> bool:
+        return not self.pending_shards
 
     @property
     def step(self) -> int:
@@ -80,6 +99,10 @@ class CheckpointManager:
         ``SPOT_TRAINING_TOKEN`` from the environment contract.
     :param progress_every_seconds: at most one progress record per this many seconds;
         default: every step on a local disk, every 5 s on an object store.
+    :param rank: this node's rank in a gang; default: ``SPOT_TRAINING_NODE_RANK`` from the
+        contract (0 on a single node).
+    :param num_shards: the gang's size, one shard per rank; default: ``SPOT_TRAINING_NUM_NODES``
+        from the contract (1: single-node checkpoints, as before).
 
     Progress: :meth:`should_save` (called after every step in the usual loop) and
     :meth:`save` record the step the training has reached under
@@ -98,6 +121,8 @@ class CheckpointManager:
         attempt: int | None = None,
         token: str | None = None,
         progress_every_seconds: float | None = None,
+        rank: int | None = None,
+        num_shards: int | None = None,
     ) -> None:
         if keep_last is not None and keep_last < 1:
             raise ValueError(f"keep_last must be 1 or more (or None to keep all), got {keep_last}")
@@ -117,6 +142,15 @@ class CheckpointManager:
         self.progress_every_seconds = _progress_period(progress_every_seconds, self._is_local())
         self._progress_step: int | None = None
         self._progress_written_at = float("-inf")
+        self.rank = rank if rank is not None else _env_int(spot_contract.NODE_RANK, 0)
+        self.num_shards = num_shards if num_shards is not None else _env_int(spot_contract.NUM_NODES, 1)
+        if not 0 <= self.rank < max(1, self.num_shards):
+            raise ValueError(f"rank {self.rank} is not in a gang of {self.num_shards} (0 <= rank < num_shards)")
+
+    @property
+    def sharded(self) -> bool:
+        """Whether this manager writes one shard of a gang's steps (``num_shards`` > 1)."""
+        return self.num_shards > 1
 
     # -- paths -----------------------------------------------------------------------
     def _path(self, *parts: str) -> str:
@@ -168,6 +202,12 @@ class CheckpointManager:
             if not self.fs.exists(self._path(step_dir_name(step), name)):
                 log.warning("ignoring checkpoint step %s: payload file %s is missing", step, name)
                 return None
+        if record.sharded:
+            assert record.num_shards is not None
+            for rank in range(record.num_shards):
+                if not self.fs.exists(self._path(step_dir_name(step), shard_record_name(rank, record.num_shards))):
+                    log.warning("ignoring checkpoint step %s: the shard of rank %s is missing", step, rank)
+                    return None
         return record
 
     def latest(self) -> Checkpoint | None:
@@ -184,7 +224,19 @@ class CheckpointManager:
         return None
 
     def open_file(self, checkpoint: Checkpoint, name: str) -> IO[bytes]:
-        return self.fs.open(self._path(step_dir_name(checkpoint.step), name), "rb")
+        """Open a payload file of ``checkpoint``; of a gang's step, this rank's own shard's file."""
+        return self.fs.open(self._path(step_dir_name(checkpoint.step), self._own_name(checkpoint, name)), "rb")
+
+    def _own_name(self, checkpoint: Checkpoint, name: str) -> str:
+        """``name`` as stored in ``checkpoint``: under this rank's shard folder when the step is sharded."""
+        shards = checkpoint.record.num_shards or 1
+        if shards != max(1, self.num_shards):
+            raise CheckpointError(
+                f"checkpoint step {checkpoint.step} under {self.uri} was written by a gang of {shards} node(s), "
+                f"but this training runs on {max(1, self.num_shards)}: run it with num_nodes={shards}, or give "
+                "the task a new checkpoint_prefix to start from scratch."
+            )
+        return posixpath.join(shard_dir_name(self.rank), name) if shards > 1 else name
 
     # -- writing ---------------------------------------------------------------------
     def should_save(self, step: int) -> bool:
@@ -225,13 +277,15 @@ class CheckpointManager:
         if existing is not None:
             return Checkpoint(self._uri_of(self._path(step_dir_name(step))), existing)
         step_path = self._path(step_dir_name(step))
+        names = {self._shard_name(name): payload for name, payload in files.items()}
         try:
-            self.fs.makedirs(step_path, exist_ok=True)
-            for name, payload in files.items():
+            self._forget_foreign_shard(step)
+            self.fs.makedirs(posixpath.dirname(posixpath.join(step_path, next(iter(names)))), exist_ok=True)
+            for name, payload in names.items():
                 self._write(posixpath.join(step_path, name), payload)
         except OSError as e:
             raise CheckpointError(f"could not write checkpoint step {step} under {self.uri}: {e}") from e
-        return self.commit(step, sorted(files), total_steps=total_steps, epoch=epoch, attempt=attempt,
+        return self.commit(step, sorted(names), total_steps=total_steps, epoch=epoch, attempt=attempt,
                            reason=reason, fingerprint=fingerprint)
 
     def put_payload(
@@ -254,8 +308,11 @@ class CheckpointManager:
             raise ValueError("a checkpoint needs at least one payload file")
         for name in sources:
             _check_nested_name(name)
+        sources = {self._shard_name(name): path for name, path in sources.items()}
         step_path = self._path(step_dir_name(step))
         copy = copy or self.fs.put_file
+        if self.sharded:
+            self._forget_foreign_shard(step)
 
         def put(name: str) -> None:
             remote = posixpath.join(step_path, name)
@@ -286,8 +343,17 @@ class CheckpointManager:
         reason: str = "periodic",
         fingerprint: str | None = None,
     ) -> Checkpoint:
-        """Write the commit record of step ``step`` (its payload ``files`` already written), then prune."""
+        """Write the commit record of step ``step`` (its payload ``files`` already written), then prune.
+
+        In a gang: write this rank's shard record, and the commit record if that completes the step.
+        """
         step_path = self._path(step_dir_name(step))
+        if self.sharded:
+            shard = ShardRecord(step=step, rank=self.rank, num_shards=self.num_shards, committed_at=time.time(),
+                                files=sorted(files), total_steps=total_steps, epoch=epoch,
+                                attempt=attempt if attempt is not None else self.attempt, reason=reason,
+                                fingerprint=fingerprint, token=self.token)
+            return self._commit_shard(step_path, shard)
         record = CommitRecord(
             step=step,
             committed_at=time.time(),
@@ -303,11 +369,68 @@ class CheckpointManager:
             self._commit(step_path, record)
         except OSError as e:
             raise CheckpointError(f"could not commit checkpoint step {step} under {self.uri}: {e}") from e
+        return self._committed(step_path, record)
+
+    def _committed(self, step_path: str, record: CommitRecord) -> Checkpoint:
         self._last_save_time = time.monotonic()
-        self._last_save_step = step
+        self._last_save_step = record.step
         self._apply_retention()
-        self.report_progress(step, force=True)
+        self.report_progress(record.step, force=True)
         return Checkpoint(self._uri_of(step_path), record)
+
+    # -- shards of a gang's steps ----------------------------------------------------------
+    def _shard_name(self, name: str) -> str:
+        return posixpath.join(shard_dir_name(self.rank), name) if self.sharded else name
+
+    def _forget_foreign_shard(self, step: int) -> None:
+        """Drop this rank's shard record of ``step`` left by another attempt, before rewriting the shard.
+
+        The step is not committed (else the save returned early), so nothing trusts it; removing
+        the record first means no rank can complete the step with this shard half rewritten.
+        """
+        path = self._path(step_dir_name(step), shard_record_name(self.rank, self.num_shards))
+        try:
+            self.fs.rm(path)
+        except FileNotFoundError:
+            pass
+
+    def _commit_shard(self, step_path: str, shard: ShardRecord) -> Checkpoint:
+        try:
+            self._put_atomic(posixpath.join(step_path, shard_record_name(shard.rank, shard.num_shards)),
+                             shard.to_json().encode())
+            shards = complete_gang(self._shard_records(step_path), shard.num_shards, shard.token)
+            record = merged_commit(shards, time.time()) if shards is not None else None
+            if record is not None:
+                self._commit(step_path, record)
+        except OSError as e:
+            raise CheckpointError(f"could not commit the shard of rank {shard.rank} of checkpoint step "
+                                  f"{shard.step} under {self.uri}: {e}") from e
+        if record is None:  # another rank's shard is still to come: that rank commits the step
+            self._last_save_time, self._last_save_step = time.monotonic(), shard.step
+            self.report_progress(shard.step, force=True)
+            pending = CommitRecord(step=shard.step, committed_at=shard.committed_at, files=shard.files,
+                                   total_steps=shard.total_steps, epoch=shard.epoch, attempt=shard.attempt,
+                                   reason=shard.reason, fingerprint=shard.fingerprint, token=shard.token,
+                                   num_shards=shard.num_shards)
+            missing = tuple(sorted(set(range(shard.num_shards)) - {s.rank for s in self._shard_records(step_path)
+                                                                   if s.token == shard.token}))
+            return Checkpoint(self._uri_of(step_path), pending, pending_shards=missing or (shard.rank,))
+        return self._committed(step_path, record)
+
+    def _shard_records(self, step_path: str) -> list[ShardRecord]:
+        self.fs.invalidate_cache(step_path)
+        records = []
+        for entry in self.fs.ls(step_path, detail=False):
+            if parse_shard_record_name(entry) is None:
+                continue
+            try:
+                with self.fs.open(entry, "rb") as f:
+                    records.append(ShardRecord.from_json(f.read()))
+            except FileNotFoundError:  # removed by its rank while we listed: it is being rewritten
+                continue
+            except (ValueError, TypeError) as e:
+                log.warning("ignoring the malformed shard record %s (%s)", entry, e)
+        return records
 
     # -- progress ----------------------------------------------------------------------
     def report_progress(self, step: int, *, force: bool = False) -> None:
@@ -316,8 +439,8 @@ class CheckpointManager:
         Written at most every ``progress_every_seconds`` unless ``force``; only for a
         process launched by a backend (it needs the attempt number).
         """
-        if self.attempt is None or step == self._progress_step:
-            return
+        if self.attempt is None or step == self._progress_step or self.rank != 0:
+            return  # in a gang, rank 0 speaks for all
         now = time.monotonic()
         if not force and now - self._progress_written_at < self.progress_every_seconds:
             return
@@ -353,9 +476,12 @@ class CheckpointManager:
         """Copy a committed checkpoint's payload files into ``local_dir``; return the local paths."""
         step_path = self._path(step_dir_name(checkpoint.step))
         written = []
+        own = self._own_name(checkpoint, "")
         for name in checkpoint.record.files:
             _check_nested_name(name)
-            target = os.path.join(local_dir, *name.split("/"))
+            if not name.startswith(own):
+                continue  # another rank's shard
+            target = os.path.join(local_dir, *name[len(own):].split("/"))
             os.makedirs(os.path.dirname(target), exist_ok=True)
             self.fs.get_file(posixpath.join(step_path, name), target)
             written.append(target)
@@ -369,10 +495,14 @@ class CheckpointManager:
                 payload(f)
 
     def _commit(self, step_path: str, record: CommitRecord) -> None:
-        final = posixpath.join(step_path, COMMIT_FILE)
-        data = record.to_json().encode()
+        self._put_atomic(posixpath.join(step_path, COMMIT_FILE), record.to_json().encode())
+
+    def _put_atomic(self, final: str, data: bytes) -> None:
+        """Write a record durably in one atomic step: fsync and rename locally, one PUT on object stores."""
+        step_path = posixpath.dirname(final)
+        name = posixpath.basename(final)
         if self._is_local():
-            tmp = posixpath.join(step_path, f".{COMMIT_FILE}.{uuid.uuid4().hex}.tmp")
+            tmp = posixpath.join(step_path, f".{name}.{uuid.uuid4().hex}.tmp")
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -437,6 +567,11 @@ def _progress_period(configured: float | None, local: bool) -> float:
         except ValueError:
             log.warning("ignoring %s=%r: not a number of seconds", PROGRESS_SECONDS_ENV, from_env)
     return 0.0 if local else REMOTE_PROGRESS_SECONDS
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else default
+
 
 def _check_nested_name(name: str) -> None:
     parts = name.split("/")

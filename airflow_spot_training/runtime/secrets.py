@@ -93,4 +93,30 @@ def read_contract(environ: Mapping[str, str] | None = None, *, resolve: bool = T
     ``os.environ`` (unless a bootstrap did it already, or ``resolve`` is false)."""
     if environ is None and resolve and os.environ.get(SECRETS):
         resolve_secrets()
-    return spot_contract.read_contract(environ)
+    contract = spot_contract.read_contract(environ)
+    if environ is None and contract.is_gang and not contract.master_addr:
+        contract = _place_on_platform(contract)
+    return contract
+
+
+def _place_on_platform(contract: Contract) -> Contract:
+    """A gang the platform placed (SageMaker, Vertex AI): this node's rank and rank 0, from the platform.
+
+    Exported into ``os.environ`` too (``SPOT_TRAINING_NODE_RANK``, ``MASTER_ADDR``, ``RANK``, ...),
+    so the checkpoint manager writes this rank's shard and ``init_process_group`` finds its peers.
+    """
+    config = None
+    if os.path.exists(spot_contract.SAGEMAKER_RESOURCE_CONFIG):
+        with open(spot_contract.SAGEMAKER_RESOURCE_CONFIG) as f:
+            config = json.load(f)
+    placed = spot_contract.platform_node(os.environ, config)
+    if placed is None:
+        raise RuntimeError(
+            f"this attempt is a gang of {contract.num_nodes} nodes, but this machine was told neither its rank "
+            f"({spot_contract.NODE_RANK}) nor where the platform describes it ({spot_contract.VERTEX_CLUSTER_SPEC}, "
+            f"{spot_contract.SAGEMAKER_RESOURCE_CONFIG})"
+        )
+    rank, master_addr, master_port = placed
+    contract = contract.for_node(rank, master_addr, master_port)
+    os.environ.update(contract.gang_env())
+    return contract

@@ -99,6 +99,7 @@ def _attempt_view(summary_attempt: dict[str, Any], raw: dict[str, Any] | None, p
         "live": live,
         "seconds": _number(summary_attempt.get("seconds")) or 0.0,
         "preemptions": int(summary_attempt.get("preemptions") or 0),
+        "nodes": int(summary_attempt.get("nodes") or 1),
         "start_step": summary_attempt.get("start_step"),
         "checkpoint_step": summary_attempt.get("checkpoint_step"),
         "try_number": summary_attempt.get("try_number"),

@@ -54,6 +54,8 @@ class FakeGCE:
     operations: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (zone, name) -> Operation
     requests: list[Recorded] = field(default_factory=list)
     exhausted_zones: set[str] = field(default_factory=set)
+    #: zone -> how many VMs it holds before it answers ZONE_RESOURCE_POOL_EXHAUSTED (partial capacity)
+    zone_capacity: dict[str, int] = field(default_factory=dict)
     quota_exceeded: dict[str, Any] | None = None  # {"metric": ..., "limit_name": ..., "region": ...}
     denied_permission: str | None = None
     gcs_root: Path | None = None  # where the fake GCS upload writes gs://bucket/object
@@ -218,7 +220,8 @@ class FakeGCE:
                 "zone": f"{BASE}/projects/{self.project}/zones/{zone}",
                 "selfLink": f"{BASE}/projects/{self.project}/zones/{zone}/instances/{name}"}
         error = None
-        if zone in self.exhausted_zones:
+        held = sum(1 for (z, _), i in self.instances.items() if z == zone and i["status"] != "DELETED")
+        if zone in self.exhausted_zones or held >= self.zone_capacity.get(zone, held + 1):
             error = {"errors": [{"code": "ZONE_RESOURCE_POOL_EXHAUSTED",
                                  "message": f"The zone 'projects/{self.project}/zones/{zone}' does not have "
                                             "enough resources available to fulfill the request."}]}

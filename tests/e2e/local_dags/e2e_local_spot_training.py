@@ -91,3 +91,13 @@ with _dag("e2e_byo_plain"):
             preemptions=step_preemptions([9], notice_seconds=[5]), checkpoint_sync=BYO_SYNC),
         max_preemptions=1, poll_interval=0.5, deadline="1h",
     )
+
+# A 2-node gang (DDP over gloo): node 0 reclaimed past step 30 with a notice, node 1 past step 60 with none.
+with _dag("e2e_gang"):
+    SpotTrainingOperator(
+        task_id="train",
+        backend=LocalBackend(command=[sys.executable, "-m", "airflow_spot_training.examples.ddp_regression",
+                                      "--steps", "90", "--hidden", "16", "--step-delay", "0.02"],
+                             preemptions=step_preemptions([30, 60], notice_seconds=[10, 0]), notice_seconds=10),
+        num_nodes=2, max_preemptions=3, poll_interval=0.5,
+    )

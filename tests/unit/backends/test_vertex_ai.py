@@ -177,3 +177,29 @@ class TestVertexAISpotBackend:
         base = {"region": "us-central1", "machine_type": "n1-standard-4", "image_uri": "img"}
         with pytest.raises(BackendConfigError, match=names):
             VertexAISpotBackend(**{**base, **kwargs})
+
+
+class TestVertexAIGang:
+    def test_a_gang_is_a_primary_replica_and_num_nodes_minus_one_workers(self, server, backend):
+        import dataclasses
+
+        request = launch_request(PREFIX)
+        request = dataclasses.replace(request, contract=dataclasses.replace(request.contract, num_nodes=4))
+        backend.launch(request)
+        pools = server.fake.calls("CreateCustomJob")[0].custom_job.job_spec.worker_pool_specs
+        assert [pool.replica_count for pool in pools] == [1, 3]
+        assert pools[0].machine_spec == pools[1].machine_spec and pools[0].container_spec == pools[1].container_spec
+        env = {e.name: e.value for e in pools[1].container_spec.env}
+        # Vertex places the replicas: each finds its rank in CLUSTER_SPEC (runtime.read_contract)
+        assert env["SPOT_TRAINING_NUM_NODES"] == "4" and "SPOT_TRAINING_NODE_RANK" not in env
+
+    def test_replicas_are_counted_once(self, server):
+        from airflow_spot_training.operators.spot_training import (
+            SpotTrainingConfigError,
+            SpotTrainingOperator,
+        )
+
+        backend = VertexAISpotBackend(region="us-central1", machine_type="n1-standard-8", replica_count=2,
+                                      image_uri="us-docker.pkg.dev/p/train/t:1", project_id="test-project")
+        with pytest.raises(SpotTrainingConfigError, match="replica_count=2 and the operator's num_nodes=2"):
+            SpotTrainingOperator(task_id="t", backend=backend, checkpoint_prefix=PREFIX, num_nodes=2)
