@@ -130,6 +130,8 @@ class RunLedger:
     spot_wait_seconds: float = 0.0
     waiting_since: float | None = None
     prices: dict[str, float] = field(default_factory=dict)
+    #: the run's spend cap (``max_cost``, ``max_on_demand_cost``, USD), as the operator was given it
+    spend_cap: dict[str, float | None] | None = None
     version: int = LEDGER_VERSION
 
     # -- derived figures -------------------------------------------------------------
@@ -193,6 +195,12 @@ class RunLedger:
                 furthest = max(furthest or 0, reached)
         return total
 
+    def spent(self, now: float | None = None) -> dict[str, float]:
+        """USD spent so far (``total``, ``on_demand``): every attempt of every try, running ones up to now."""
+        from airflow_spot_training.core.spend import spend_so_far
+
+        return spend_so_far(self, now).to_dict()
+
     def next_attempt_number(self) -> int:
         return len(self.attempts) + 1
 
@@ -202,7 +210,7 @@ class RunLedger:
             self.tries.append(try_number)
 
     def record_decision(self, decision: Decision, event: str, now: float) -> None:
-        self.decisions.append({"at": now, "event": event, **decision.to_dict()})
+        self.decisions.append({"at": now, "event": event, **decision.to_dict(), "spent": self.spent(now)})
         cur = self.current
         new_capacity = decision.action.capacity
         previous = cur.capacity if cur is not None else Capacity.SPOT.value
@@ -293,6 +301,7 @@ class RunLedger:
             "total_steps": self.total_steps,
             "recomputed_steps": self.recomputed_steps(),
             "deadline": self.deadline,
+            "spend": {**self.spent(now), **(self.spend_cap or {})},
         }
 
 
@@ -331,6 +340,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     if summary.get("cost") is not None:
         lines.append(f"estimated cost:     {summary['cost']:.4f} USD")
+    spend = summary.get("spend") or {}
+    caps = [f"{name}={spend[name]:g} USD" for name in ("max_cost", "max_on_demand_cost") if spend.get(name) is not None]
+    if caps:
+        lines.append(f"spent:              {spend.get('total', 0):.4f} USD ({spend.get('on_demand', 0):.4f} on "
+                     f"on-demand); cap {', '.join(caps)}")
     if summary.get("savings"):
         s = summary["savings"]
         lines.append(

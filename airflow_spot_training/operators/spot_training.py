@@ -75,6 +75,13 @@ from airflow_spot_training.core.policy import (
     serialize_policy,
 )
 from airflow_spot_training.core.redaction import redact, redact_lines, secret_values_of
+from airflow_spot_training.core.spend import (
+    SpendCap,
+    missing_price,
+    projected_attempt_cost,
+    projection_price,
+    spend_so_far,
+)
 from airflow_spot_training.links.spot_training import AttemptPageLink, CheckpointLink, attempt_page_links
 from airflow_spot_training.metrics import emit_ledger_changes
 from airflow_spot_training.runtime.checkpoint import CheckpointError, CheckpointManager
@@ -111,6 +118,17 @@ def _count(value: Any, argument: str, minimum: int = 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise SpotTrainingConfigError(f"{argument}={value!r} is invalid: give an integer >= {minimum}.")
     return value
+
+
+def _usd_cap(value: Any, argument: str) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise SpotTrainingConfigError(
+            f"{argument}={value!r} is invalid: give a positive number of USD (e.g. {argument}=50.0), or leave it "
+            "out for no cap."
+        )
+    return float(value)
 
 
 def default_checkpoint_prefix(base: str, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
@@ -174,6 +192,13 @@ class SpotTrainingOperator(BaseOperator):
     :param deferrable: wait in the triggerer, or block a worker slot (default
         ``[spot_training] default_deferrable``, itself true by default).
     :param progress_log_interval: seconds between two progress lines in the triggerer log.
+    :param max_cost: USD the whole run may cost (every attempt, every Airflow try). Before each launch
+        the attempt's cost is projected (the work left plus one restart, at the capacity's price; a
+        spot price not known before launch is taken as the on-demand price); a launch that would
+        cross the cap is refused and the task fails, saying what was spent and projected. Needs
+        ``expected_runtime`` and the backend's prices.
+    :param max_on_demand_cost: USD the run may spend on on-demand capacity; checked like ``max_cost``
+        before each on-demand launch.
     """
 
     template_fields: Sequence[str] = ("checkpoint_prefix", "deadline", "backend")
@@ -199,6 +224,8 @@ class SpotTrainingOperator(BaseOperator):
         return_to_spot: bool = False,
         deferrable: bool | None = None,
         progress_log_interval: float | timedelta | None = None,
+        max_cost: float | None = None,
+        max_on_demand_cost: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -231,6 +258,7 @@ class SpotTrainingOperator(BaseOperator):
         self.return_to_spot = return_to_spot
         self.deferrable = settings.default_deferrable() if deferrable is None else bool(deferrable)
         self.progress_log_interval = _seconds(progress_log_interval, "progress_log_interval", minimum=0.01)
+        self.spend_cap = self._spend_cap(max_cost, max_on_demand_cost)
         if isinstance(checkpoint_prefix, str) and not is_template(checkpoint_prefix):
             self._check_prefix_shape(checkpoint_prefix)
         if return_to_spot:
@@ -271,6 +299,20 @@ class SpotTrainingOperator(BaseOperator):
             )
         return policy or default_policy(deadline=self.deadline, expected_runtime=self.expected_runtime,
                                         max_preemptions=max_preemptions)
+
+    def _spend_cap(self, max_cost: Any, max_on_demand_cost: Any) -> SpendCap:
+        try:
+            cap = SpendCap(_usd_cap(max_cost, "max_cost"), _usd_cap(max_on_demand_cost, "max_on_demand_cost"))
+        except SpotTrainingConfigError as e:
+            raise SpotTrainingConfigError(f"{self.task_id}: {e}") from e
+        if cap.active and self.expected_runtime is None:
+            name = "max_cost" if cap.max_cost is not None else "max_on_demand_cost"
+            raise SpotTrainingConfigError(
+                f"{self.task_id}: {name}= needs expected_runtime= (the compute time the whole training needs) to "
+                "project an attempt's cost before the training reports progress; give expected_runtime=timedelta("
+                "hours=...), or leave the cap out."
+            )
+        return cap
 
     def _check_deadline(self, deadline: Any) -> None:
         if is_template(deadline):
@@ -441,6 +483,7 @@ class SpotTrainingOperator(BaseOperator):
             price = self.backend.price_per_hour(None, capacity)
             if price is not None:
                 ledger.prices[capacity.value] = price
+        ledger.spend_cap = self.spend_cap.to_dict() if self.spend_cap.active else None
         ledger.note_try(ti.try_number)
         self._check_writable(ledger.checkpoint_prefix)
         ti.xcom_push(key=XCOM_PREFIX_KEY, value=ledger.checkpoint_prefix)
@@ -625,8 +668,30 @@ class SpotTrainingOperator(BaseOperator):
         return LaunchRequest(contract=contract, capacity=Capacity(record.capacity), token=record.token,
                              labels=labels)
 
+    def _check_spend(self, context: Context, ledger: RunLedger, capacity: Capacity, number: int) -> None:
+        """Refuse (and fail the task) a launch whose projected cost would cross the spend cap."""
+        if not self.spend_cap.applies_to(capacity):
+            return
+        now = time.time()
+        price = projection_price(capacity, ledger.prices)
+        if price is None:
+            raise AirflowFailException(f"{self.task_id}: {missing_price(capacity)}")
+        state = self._job_state(ledger, Event.START, spot_unavailable=False)
+        remaining = state.remaining_work if state.remaining_work is not None else self.expected_runtime or 0.0
+        projected = projected_attempt_cost(remaining, self.restart_overhead, price)
+        spent = spend_so_far(ledger, now)
+        refusal = self.spend_cap.refusal(spent, projected, capacity, number)
+        if refusal is None:
+            return
+        ledger.decisions.append({"at": now, "event": "spend_cap", "action": "refused", "reason": refusal,
+                                 "capacity": capacity.value, "spent": spent.to_dict(),
+                                 "projected": round(projected, 6)})
+        self._save(context, ledger)
+        raise AirflowFailException(refusal)
+
     def _launch(self, context: Context, ledger: RunLedger, capacity: Capacity) -> Any:
         number = ledger.next_attempt_number()
+        self._check_spend(context, ledger, capacity, number)
         checkpoint = self._latest_checkpoint(ledger)
         start_step = checkpoint.step if checkpoint else None
         record = AttemptRecord(
