@@ -82,13 +82,16 @@ class CapacityUnavailable(RuntimeError):
     :param message: what was tried and what each pool answered.
     :param capacity: the capacity asked for.
     :param pools_tried: one line per pool.
+    :param pools_without_capacity: the pools (as :meth:`SpotBackend.capacity_ladder` names
+        them) that said so, for pool health.
     """
 
     def __init__(self, message: str, pools_tried: list[str] | None = None,
-                 capacity: Capacity = Capacity.SPOT) -> None:
+                 capacity: Capacity = Capacity.SPOT, pools_without_capacity: list[str] | None = None) -> None:
         super().__init__(message)
         self.pools_tried = list(pools_tried or [])
         self.capacity = capacity
+        self.pools_without_capacity = list(pools_without_capacity or [])
 
 
 #: the name this exception had first; kept so user code catching it keeps working
@@ -108,12 +111,15 @@ class LaunchRequest:
     :param token: the attempt's idempotency token (stable for this attempt number).
     :param labels: identifiers to tag cloud resources with (dag_id, run_id, task_id,
         map_index, attempt, run_key, deployment).
+    :param pool_order: the backend's ladder (:meth:`SpotBackend.capacity_ladder`) in the order
+        pool health wants it tried; empty: the configured order.
     """
 
     contract: Contract
     capacity: Capacity
     token: str
     labels: dict[str, str] = field(default_factory=dict)
+    pool_order: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.contract.token:  # the training is told its own token
@@ -362,6 +368,23 @@ class SpotBackend(BaseModel, ABC):
     def price_per_hour(self, handle: AttemptHandle | None, capacity: Capacity) -> float | None:
         """The price of the capacity an attempt runs on (or would run on), when known."""
         return None
+
+    # -- pool health (backends with a ladder of pools) ------------------------------------------
+    def capacity_ladder(self) -> list[str]:
+        """The pools a launch tries, in the configured order, named as handles name them (``handle.pool``).
+
+        Empty for a backend without a ladder: pool health then leaves it alone. A backend with
+        one honours :attr:`LaunchRequest.pool_order`.
+        """
+        return []
+
+    def pool_health_scope(self) -> str:
+        """What makes two backends' pools the same pools (observations are shared within a scope)."""
+        return self.kind
+
+    def pools_without_capacity(self, handle: AttemptHandle) -> list[str]:
+        """The pools a launch passed over for lack of capacity before it got ``handle``'s."""
+        return []
 
     def spot_available(self, handle: AttemptHandle) -> bool | None:
         """Whether a spot launch would likely succeed now; ``None`` when the backend cannot tell.

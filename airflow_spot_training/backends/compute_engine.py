@@ -63,6 +63,7 @@ from airflow_spot_training.core.contract import secret_refs_env
 from airflow_spot_training.core.epoch import epoch_seconds
 from airflow_spot_training.core.folder_sync import compute_engine_command
 from airflow_spot_training.core.policy import Capacity
+from airflow_spot_training.core.pool_health import in_order
 from airflow_spot_training.runtime.results import MalformedRecord, read_json_record
 
 PREEMPTED_OPERATION = "compute.instances.preempted"
@@ -340,7 +341,7 @@ class ComputeEngineSpotBackend(SpotBackend):
         from google.cloud import compute_v1
 
         tried: list[str] = []
-        for zone in self.zones:
+        for zone in in_order(self.zones, request.pool_order, str):
             insert = compute_v1.InsertInstanceRequest(
                 project=project, zone=zone, instance_resource=self._instance(request, zone, project),
                 request_id=gc.request_id(request.token, zone),
@@ -364,7 +365,18 @@ class ComputeEngineSpotBackend(SpotBackend):
         pools = [f"{self.machine_type}@{zone}: ZONE_RESOURCE_POOL_EXHAUSTED" for zone in tried]
         raise CapacityUnavailable(
             f"no {what} capacity for {self.machine_type} in any of {len(self.zones)} zone(s): {'; '.join(pools)}. "
-            "More zones in zones=[...] widen the search.", pools_tried=pools, capacity=request.capacity)
+            "More zones in zones=[...] widen the search.", pools_tried=pools, capacity=request.capacity,
+            pools_without_capacity=list(tried))
+
+    def capacity_ladder(self) -> list[str]:
+        return list(self.zones)
+
+    def pool_health_scope(self) -> str:
+        # a zone out of one machine type may have plenty of another
+        return f"{self.kind}:{self.project_id or self.gcp_conn_id}:{self.machine_type}"
+
+    def pools_without_capacity(self, handle: AttemptHandle) -> list[str]:
+        return list(self._typed(handle).zones_tried)
 
     def _existing(self, request: LaunchRequest, project: str, zone: str, tried: list[str]) -> ComputeEngineHandle:
         """The insert hit a VM of the same name: ours (same token label) is re-attached, any other refused."""

@@ -85,6 +85,7 @@ from airflow_spot_training.backends.ec2_batching import coordinator_for
 from airflow_spot_training.bootstrap import render_ec2_user_data
 from airflow_spot_training.core.epoch import epoch_seconds
 from airflow_spot_training.core.folder_sync import ec2_user_data_command
+from airflow_spot_training.core.pool_health import in_order
 from airflow_spot_training.core.policy import Capacity
 from airflow_spot_training.runtime.results import MalformedRecord, read_json_record
 
@@ -317,7 +318,9 @@ class EC2SpotBackend(SpotBackend):
             return existing
         tried: list[str] = []
         pools = self.capacity_pools()
-        for index, pool in enumerate(pools):
+        # the ClientToken keeps each pool's configured index, whatever order pool health asks for
+        ladder = in_order(list(enumerate(pools)), request.pool_order, lambda entry: _pool_label(entry[1]))
+        for index, pool in ladder:
             label = _pool_label(pool)
             try:
                 instance = self._run_instance(request, pool, index)
@@ -339,8 +342,17 @@ class EC2SpotBackend(SpotBackend):
         raise CapacityUnavailable(
             f"no {what} capacity in any of {len(pools)} pool(s): {'; '.join(tried)}. More instance types, or "
             "subnets in other availability zones (instance_types / subnet_ids / pools), widen the search.",
-            pools_tried=tried, capacity=request.capacity,
+            pools_tried=tried, capacity=request.capacity, pools_without_capacity=_tried_pools(tried),
         )
+
+    def capacity_ladder(self) -> list[str]:
+        return [_pool_label(pool) for pool in self.capacity_pools()]
+
+    def pool_health_scope(self) -> str:
+        return f"{self.kind}:{self.region_name or self.aws_conn_id or 'default'}"
+
+    def pools_without_capacity(self, handle: AttemptHandle) -> list[str]:
+        return _tried_pools(self._typed(handle).pools_tried)
 
     def _run_instance(self, request: LaunchRequest, pool: dict[str, str], index: int) -> dict[str, Any]:
         response = self.client.run_instances(**self.run_instances_params(request, pool, index))
@@ -777,6 +789,11 @@ def on_demand_price_from_product(price_list: list[Any]) -> float | None:
                 if usd is not None and float(usd) > 0:
                     return float(usd)
     return None
+
+
+def _tried_pools(tried: list[str]) -> list[str]:
+    """The pool labels of ``"<label>: <code>"`` lines."""
+    return [line.split(": ", 1)[0] for line in tried]
 
 
 def _pool_label(pool: dict[str, str]) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from airflow_spot_training.core.attempt import AttemptState, check_version
 from airflow_spot_training.core.policy import Capacity, Decision
+from airflow_spot_training.core.pool_health import PoolEvent, PoolObservation
 
 #: version 2: typed outcomes, progress steps and links per attempt (version 1 ledgers still load)
 LEDGER_VERSION = 2
@@ -55,6 +56,11 @@ class AttemptRecord:
     #: in-place interruptions (SageMaker) after the training's final checkpoint: they cost
     #: nothing and are not preemptions, but the backend keeps counting them
     ignored_interruptions: int = 0
+    #: pool health: the ladder in the order this attempt's launch tried it, and why
+    pool_order: list[str] | None = None
+    pool_reason: str | None = None
+    #: pools the launch passed over (or, for ``capacity_unavailable``, every pool) for lack of capacity
+    pools_without_capacity: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.outcome = AttemptState(self.outcome)
@@ -201,6 +207,17 @@ class RunLedger:
 
         return spend_so_far(self, now).to_dict()
 
+    def pool_observations(self) -> list[PoolObservation]:
+        """What this run's own attempts saw of their pools: reclaims and capacity misses."""
+        seen = []
+        for a in self.attempts:
+            if a.outcome is AttemptState.PREEMPTED and a.pool and a.ended_at is not None:
+                seen.append(PoolObservation(a.pool, PoolEvent.RECLAIMED, a.ended_at))
+            at = a.launched_at if a.launched_at is not None else a.ended_at
+            if at is not None:
+                seen.extend(PoolObservation(pool, PoolEvent.NO_CAPACITY, at) for pool in a.pools_without_capacity)
+        return seen
+
     def next_attempt_number(self) -> int:
         return len(self.attempts) + 1
 
@@ -282,6 +299,7 @@ class RunLedger:
                     "progress_step": a.progress_step,
                     "try_number": a.try_number,
                     "pool": a.pool,
+                    "pool_reason": a.pool_reason,
                     "cost": None if a.cost(now) is None else round(a.cost(now), 6),  # type: ignore[arg-type]
                     "billable_seconds": a.billable_seconds,
                     "training_seconds": a.training_seconds,

@@ -74,6 +74,7 @@ from airflow_spot_training.core.policy import (
     format_duration,
     serialize_policy,
 )
+from airflow_spot_training.core.pool_health import PoolEvent, PoolHealthRule, PoolObservation
 from airflow_spot_training.core.redaction import redact, redact_lines, secret_values_of
 from airflow_spot_training.core.spend import (
     SpendCap,
@@ -84,6 +85,7 @@ from airflow_spot_training.core.spend import (
 )
 from airflow_spot_training.links.spot_training import AttemptPageLink, CheckpointLink, attempt_page_links
 from airflow_spot_training.metrics import emit_ledger_changes
+from airflow_spot_training.pool_health_store import PoolHealthStore
 from airflow_spot_training.runtime.checkpoint import CheckpointError, CheckpointManager
 from airflow_spot_training.runtime.results import read_metrics, read_progress
 from airflow_spot_training.triggers.spot_training import SpotTrainingTrigger
@@ -199,6 +201,10 @@ class SpotTrainingOperator(BaseOperator):
         ``expected_runtime`` and the backend's prices.
     :param max_on_demand_cost: USD the run may spend on on-demand capacity; checked like ``max_cost``
         before each on-demand launch.
+    :param pool_cooldown: pool health, for backends with a ladder of pools (EC2, Compute Engine):
+        seconds a pool is tried last after it reclaimed an attempt or had no capacity; pools are
+        otherwise tried longest-uptime first, from observations every task of the deployment shares.
+        ``0`` turns it off (the configured order). Default ``[spot_training] pool_cooldown`` (1800).
     """
 
     template_fields: Sequence[str] = ("checkpoint_prefix", "deadline", "backend")
@@ -226,6 +232,7 @@ class SpotTrainingOperator(BaseOperator):
         progress_log_interval: float | timedelta | None = None,
         max_cost: float | None = None,
         max_on_demand_cost: float | None = None,
+        pool_cooldown: float | timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -259,6 +266,8 @@ class SpotTrainingOperator(BaseOperator):
         self.deferrable = settings.default_deferrable() if deferrable is None else bool(deferrable)
         self.progress_log_interval = _seconds(progress_log_interval, "progress_log_interval", minimum=0.01)
         self.spend_cap = self._spend_cap(max_cost, max_on_demand_cost)
+        self.pool_cooldown = _seconds(pool_cooldown, "pool_cooldown")
+        self._pool_health_store: PoolHealthStore | None = None
         if isinstance(checkpoint_prefix, str) and not is_template(checkpoint_prefix):
             self._check_prefix_shape(checkpoint_prefix)
         if return_to_spot:
@@ -666,7 +675,7 @@ class SpotTrainingOperator(BaseOperator):
         if deployment:
             labels["deployment"] = deployment
         return LaunchRequest(contract=contract, capacity=Capacity(record.capacity), token=record.token,
-                             labels=labels)
+                             labels=labels, pool_order=tuple(record.pool_order or ()))
 
     def _check_spend(self, context: Context, ledger: RunLedger, capacity: Capacity, number: int) -> None:
         """Refuse (and fail the task) a launch whose projected cost would cross the spend cap."""
@@ -689,6 +698,47 @@ class SpotTrainingOperator(BaseOperator):
         self._save(context, ledger)
         raise AirflowFailException(refusal)
 
+    # -- pool health -------------------------------------------------------------------------
+    def _pool_rule(self) -> PoolHealthRule | None:
+        """The pool health rule, or ``None`` when it is off or the backend has no ladder."""
+        cooldown = self.pool_cooldown if self.pool_cooldown is not None else settings.pool_cooldown()
+        if not cooldown or len(self.backend.capacity_ladder()) < 2:
+            return None
+        return PoolHealthRule(cooldown=cooldown, window=max(settings.pool_health_window(), cooldown))
+
+    def _pool_store(self, rule: PoolHealthRule) -> PoolHealthStore:
+        if self._pool_health_store is None:
+            self._pool_health_store = PoolHealthStore(self.backend.pool_health_scope(), rule)
+        return self._pool_health_store
+
+    def _choose_pools(self, ledger: RunLedger, record: AttemptRecord) -> None:
+        """Rank the backend's ladder for this attempt's launch; the order and its reason go into the record."""
+        rule = self._pool_rule()
+        if rule is None:
+            return
+        ladder = self.backend.capacity_ladder()
+        seen = self._pool_store(rule).observations(ladder) + ledger.pool_observations()
+        ranking = rule.rank(ladder, seen, time.time())
+        record.pool_order, record.pool_reason = ranking.order, ranking.reason
+        self.log.info("pool health: attempt %s tries %s (%s)", record.number, ", ".join(ranking.order),
+                      ranking.reason)
+
+    def _observe_pools(self, record: AttemptRecord, pools: list[str]) -> None:
+        """Pools that had no capacity for this attempt's launch: in the record and the shared store."""
+        record.pools_without_capacity = list(pools)
+        rule = self._pool_rule()
+        if rule is None or not pools:
+            return
+        at = record.launched_at or time.time()
+        self._pool_store(rule).add([PoolObservation(pool, PoolEvent.NO_CAPACITY, at) for pool in pools], time.time())
+
+    def _observe_reclaim(self, record: AttemptRecord) -> None:
+        rule = self._pool_rule()
+        if rule is None or not record.pool:
+            return
+        at = record.ended_at or time.time()
+        self._pool_store(rule).add([PoolObservation(record.pool, PoolEvent.RECLAIMED, at)], time.time())
+
     def _launch(self, context: Context, ledger: RunLedger, capacity: Capacity) -> Any:
         number = ledger.next_attempt_number()
         self._check_spend(context, ledger, capacity, number)
@@ -704,6 +754,7 @@ class SpotTrainingOperator(BaseOperator):
             checkpoint_step=start_step,
             total_steps=checkpoint.total_steps if checkpoint else None,
         )
+        self._choose_pools(ledger, record)
         ledger.attempts.append(record)
         # Persist before launching: a worker that dies inside launch() leaves a record whose
         # token makes the next try's launch() return the same attempt instead of a second one.
@@ -716,6 +767,7 @@ class SpotTrainingOperator(BaseOperator):
             handle = self._launch_watched(request)
         except CapacityUnavailable as e:
             record.outcome, record.reason, record.ended_at = AttemptState.CAPACITY_UNAVAILABLE, str(e), time.time()
+            self._observe_pools(record, e.pools_without_capacity)
             self._save(context, ledger)
             self.log.warning("attempt %s: no %s capacity: %s", record.number, record.capacity, e)
             return self._after_no_capacity(context, ledger, e)
@@ -762,6 +814,8 @@ class SpotTrainingOperator(BaseOperator):
         record.pool = handle.pool
         record.price_per_hour = self.backend.price_per_hour(handle, Capacity(record.capacity))
         record.links = [link.to_dict() for link in self.backend.attempt_links(handle)]
+        if not record.pools_without_capacity:
+            self._observe_pools(record, self.backend.pools_without_capacity(handle))
         if ledger.first_launch_at is None:
             ledger.first_launch_at = record.launched_at
             deadline = self._parse_rendered_deadline()
@@ -1002,6 +1056,8 @@ class SpotTrainingOperator(BaseOperator):
             record.reason = (f"the training committed its final checkpoint (step {checkpoint.step}) before the "
                              f"attempt ended ({event.kind.value}: {event.reason})")  # type: ignore[union-attr]
         record.outcome = state
+        if state is AttemptState.PREEMPTED:
+            self._observe_reclaim(record)
         self._save(context, ledger)
         if state is AttemptState.FAILED:
             self._show_training_log(record)  # before the release: some clouds drop a machine's output with it
