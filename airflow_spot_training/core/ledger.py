@@ -218,6 +218,12 @@ class RunLedger:
                 seen.extend(PoolObservation(pool, PoolEvent.NO_CAPACITY, at) for pool in a.pools_without_capacity)
         return seen
 
+    def _spend_figures(self, now: float | None) -> dict[str, float | None]:
+        figures: dict[str, float | None] = dict(self.spent(now))
+        if self.spend_cap:
+            figures.update(self.spend_cap)
+        return figures
+
     def next_attempt_number(self) -> int:
         return len(self.attempts) + 1
 
@@ -319,12 +325,22 @@ class RunLedger:
             "total_steps": self.total_steps,
             "recomputed_steps": self.recomputed_steps(),
             "deadline": self.deadline,
-            "spend": {**self.spent(now), **(self.spend_cap or {})},
+            "spend": self._spend_figures(now),
         }
 
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
+
+
+def _spend_lines(spend: Mapping[str, Any] | None) -> list[str]:
+    """The spend-cap line of the plain-text summary: none without a cap."""
+    spend = spend or {}
+    caps = [f"{name}={spend[name]:g} USD" for name in ("max_cost", "max_on_demand_cost") if spend.get(name) is not None]
+    if not caps:
+        return []
+    return [f"spent:              {spend.get('total', 0):.4f} USD ({spend.get('on_demand', 0):.4f} on on-demand); "
+            f"cap {', '.join(caps)}"]
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -358,11 +374,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     if summary.get("cost") is not None:
         lines.append(f"estimated cost:     {summary['cost']:.4f} USD")
-    spend = summary.get("spend") or {}
-    caps = [f"{name}={spend[name]:g} USD" for name in ("max_cost", "max_on_demand_cost") if spend.get(name) is not None]
-    if caps:
-        lines.append(f"spent:              {spend.get('total', 0):.4f} USD ({spend.get('on_demand', 0):.4f} on "
-                     f"on-demand); cap {', '.join(caps)}")
+    lines.extend(_spend_lines(summary.get("spend")))
     if summary.get("savings"):
         s = summary["savings"]
         lines.append(

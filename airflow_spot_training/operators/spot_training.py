@@ -733,8 +733,11 @@ class SpotTrainingOperator(BaseOperator):
         self._pool_store(rule).add([PoolObservation(pool, PoolEvent.NO_CAPACITY, at) for pool in pools], time.time())
 
     def _observe_reclaim(self, record: AttemptRecord) -> None:
+        """A preempted attempt's pool reclaimed it: into the shared store (the ledger has it already)."""
+        if record.outcome is not AttemptState.PREEMPTED or not record.pool:
+            return
         rule = self._pool_rule()
-        if rule is None or not record.pool:
+        if rule is None:
             return
         at = record.ended_at or time.time()
         self._pool_store(rule).add([PoolObservation(record.pool, PoolEvent.RECLAIMED, at)], time.time())
@@ -1056,8 +1059,7 @@ class SpotTrainingOperator(BaseOperator):
             record.reason = (f"the training committed its final checkpoint (step {checkpoint.step}) before the "
                              f"attempt ended ({event.kind.value}: {event.reason})")  # type: ignore[union-attr]
         record.outcome = state
-        if state is AttemptState.PREEMPTED:
-            self._observe_reclaim(record)
+        self._observe_reclaim(record)
         self._save(context, ledger)
         if state is AttemptState.FAILED:
             self._show_training_log(record)  # before the release: some clouds drop a machine's output with it

@@ -64,6 +64,10 @@ def _computed_summary(full: Any, now: float) -> dict[str, Any] | None:
         return None
 
 
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
 def _links(*attempt_dicts: Any) -> list[dict[str, str]]:
     """Per-attempt links (``[{"name", "url"}]``) from the first record that has any."""
     for data in attempt_dicts:
@@ -103,7 +107,7 @@ def _attempt_view(summary_attempt: dict[str, Any], raw: dict[str, Any] | None, p
         "checkpoint_step": summary_attempt.get("checkpoint_step"),
         "try_number": summary_attempt.get("try_number"),
         "pool": summary_attempt.get("pool"),
-        "pool_reason": str(summary_attempt.get("pool_reason") or ""),
+        "pool_reason": _text(summary_attempt.get("pool_reason")),
         "cost": _number(summary_attempt.get("cost")),
         "saved": _number(summary_attempt.get("saved")),
         "links": _links(summary_attempt, published, raw),
