@@ -56,7 +56,8 @@ def get_provider_info() -> dict[str, Any]:
                     "pool_cooldown": {
                         "description": "Pool health, for backends with a ladder of pools (EC2 instance types x "
                         "subnets, Compute Engine zones): seconds a pool is tried last after it reclaimed an attempt "
-                        "or had no capacity. Pools are otherwise tried longest-uptime first. Observations are shared "
+                        "or had no spot capacity; spot launches otherwise try pools longest-uptime first (on-demand "
+                        "launches keep the configured order). Observations are shared "
                         "by every task of the deployment through Airflow Variables "
                         "(spot_training_pool_health:*). 0 turns pool health off (the configured order). A task's "
                         "pool_cooldown= overrides it.",

@@ -208,9 +208,11 @@ class RunLedger:
         return spend_so_far(self, now).to_dict()
 
     def pool_observations(self) -> list[PoolObservation]:
-        """What this run's own attempts saw of their pools: reclaims and capacity misses."""
+        """What this run's own spot attempts saw of their pools: reclaims and capacity misses."""
         seen = []
         for a in self.attempts:
+            if a.capacity != Capacity.SPOT.value:
+                continue
             if a.outcome is AttemptState.PREEMPTED and a.pool and a.ended_at is not None:
                 seen.append(PoolObservation(a.pool, PoolEvent.RECLAIMED, a.ended_at))
             at = a.launched_at if a.launched_at is not None else a.ended_at

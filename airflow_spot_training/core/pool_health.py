@@ -3,7 +3,7 @@
 Pure: no Airflow, no cloud SDK. A pool that just reclaimed an attempt, or just had no
 capacity, is the likeliest to do it again; so a launch tries it last for a cool-down, and
 otherwise prefers the pools that have gone longest without trouble. The operator ranks
-its backend's ladder with :meth:`PoolHealthRule.rank` before every launch (observations
+its backend's ladder with :meth:`PoolHealthRule.rank` before every spot launch (observations
 come from the deployment's shared store and from the run's own ledger); the simulator
 ranks the trace's pools with the very same rule.
 

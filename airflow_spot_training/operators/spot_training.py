@@ -202,8 +202,9 @@ class SpotTrainingOperator(BaseOperator):
     :param max_on_demand_cost: USD the run may spend on on-demand capacity; checked like ``max_cost``
         before each on-demand launch.
     :param pool_cooldown: pool health, for backends with a ladder of pools (EC2, Compute Engine):
-        seconds a pool is tried last after it reclaimed an attempt or had no capacity; pools are
-        otherwise tried longest-uptime first, from observations every task of the deployment shares.
+        seconds a spot launch tries a pool last after it reclaimed an attempt or had no capacity;
+        pools are otherwise tried longest-uptime first, from observations every task of the
+        deployment shares (on-demand launches keep the configured order).
         ``0`` turns it off (the configured order). Default ``[spot_training] pool_cooldown`` (1800).
     """
 
@@ -699,10 +700,11 @@ class SpotTrainingOperator(BaseOperator):
         raise AirflowFailException(refusal)
 
     # -- pool health -------------------------------------------------------------------------
-    def _pool_rule(self) -> PoolHealthRule | None:
-        """The pool health rule, or ``None`` when it is off or the backend has no ladder."""
+    def _pool_rule(self, record: AttemptRecord) -> PoolHealthRule | None:
+        """The pool health rule for ``record``'s launch; ``None`` when it is off, the backend has no
+        ladder, or the launch is on-demand (never reclaimed: it walks the ladder in its configured order)."""
         cooldown = self.pool_cooldown if self.pool_cooldown is not None else settings.pool_cooldown()
-        if not cooldown or len(self.backend.capacity_ladder()) < 2:
+        if not cooldown or record.capacity != Capacity.SPOT.value or len(self.backend.capacity_ladder()) < 2:
             return None
         return PoolHealthRule(cooldown=cooldown, window=max(settings.pool_health_window(), cooldown))
 
@@ -713,7 +715,7 @@ class SpotTrainingOperator(BaseOperator):
 
     def _choose_pools(self, ledger: RunLedger, record: AttemptRecord) -> None:
         """Rank the backend's ladder for this attempt's launch; the order and its reason go into the record."""
-        rule = self._pool_rule()
+        rule = self._pool_rule(record)
         if rule is None:
             return
         ladder = self.backend.capacity_ladder()
@@ -726,7 +728,7 @@ class SpotTrainingOperator(BaseOperator):
     def _observe_pools(self, record: AttemptRecord, pools: list[str]) -> None:
         """Pools that had no capacity for this attempt's launch: in the record and the shared store."""
         record.pools_without_capacity = list(pools)
-        rule = self._pool_rule()
+        rule = self._pool_rule(record)
         if rule is None or not pools:
             return
         at = record.launched_at or time.time()
@@ -736,7 +738,7 @@ class SpotTrainingOperator(BaseOperator):
         """A preempted attempt's pool reclaimed it: into the shared store (the ledger has it already)."""
         if record.outcome is not AttemptState.PREEMPTED or not record.pool:
             return
-        rule = self._pool_rule()
+        rule = self._pool_rule(record)
         if rule is None:
             return
         at = record.ended_at or time.time()

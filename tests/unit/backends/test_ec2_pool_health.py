@@ -62,3 +62,15 @@ def test_a_pool_without_capacity_is_tried_last_by_the_next_attempt(aws, network,
     ledger = store.get(LEDGER_KEY)
     assert ledger["attempts"][0]["pools_without_capacity"] == [f"c5.xlarge@{subnets[0]}"]
     assert ledger["attempts"][1]["pool_order"][-2:] == [f"c5.xlarge@{subnets[0]}", f"c5.xlarge@{subnets[1]}"]
+
+
+def test_an_on_demand_launch_walks_the_ladder_in_its_configured_order(aws, network, tmp_path):
+    # on-demand capacity is never reclaimed: a spot reclaim says nothing about it
+    subnets = network["subnets"][:2]
+    store = JsonFileStateStore(tmp_path / "state.json")
+    machine = aws_cloud.EC2Machine(aws["storage_options"], {1: "reclaim", 2: "finish"})
+    summary, _ = run_try(operator(network, max_preemptions=1), store, 1, machine)
+
+    assert [(a["capacity"], a["pool"]) for a in summary["attempts"]] == [
+        ("spot", f"c5.xlarge@{subnets[0]}"), ("on_demand", f"c5.xlarge@{subnets[0]}")]
+    assert store.get(LEDGER_KEY)["attempts"][1]["pool_order"] is None
