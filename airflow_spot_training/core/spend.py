@@ -39,17 +39,19 @@ def spend_so_far(ledger: RunLedger, now: float | None = None,
                  prices: Mapping[str, float] | None = None) -> Spend:
     """What the ledger's attempts cost, a running attempt counted up to ``now``.
 
-    An attempt whose own price is unknown is counted at ``prices[capacity]`` (default: the
-    ledger's prices per capacity); with no price at all it counts as free, and
-    :func:`missing_price` says so before a capped launch.
+    An attempt whose own price is unknown is counted at the price a launch on its capacity is
+    projected at (:func:`projection_price` of ``prices``, default the ledger's prices per
+    capacity: a spot attempt without a spot price at the on-demand price); with no price at
+    all it counts as free, and :func:`missing_price` says so before a capped launch.
     """
     known = dict(ledger.prices if prices is None else prices)
     total = on_demand = 0.0
     for attempt in ledger.attempts:
         cost = attempt.cost(now)
-        if cost is None and attempt.capacity in known:
+        fallback = projection_price(Capacity(attempt.capacity), known)
+        if cost is None and fallback is not None:
             seconds = attempt.billable_seconds if attempt.billable_seconds is not None else attempt.seconds(now)
-            cost = seconds / 3600.0 * known[attempt.capacity]
+            cost = seconds / 3600.0 * fallback
         cost = cost or 0.0
         total += cost
         if attempt.capacity == Capacity.ON_DEMAND.value:

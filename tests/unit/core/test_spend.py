@@ -36,6 +36,11 @@ class TestSpendSoFar:
         spent = spend_so_far(_ledger(), now=7200)
         assert spent == Spend(total=0.5 + 1.5 + 0.5, on_demand=1.5)
 
+    def test_a_spot_attempt_without_any_spot_price_counts_at_the_on_demand_price(self):
+        led = _ledger()
+        led.prices = {"on_demand": 3.0}
+        assert spend_so_far(led, now=7200).total == 0.5 + 1.5 + 1.5
+
     def test_billable_seconds_win_over_wall_clock(self):
         led = _ledger()
         led.attempts[0].billable_seconds = 1800
