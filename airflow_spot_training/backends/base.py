@@ -223,6 +223,8 @@ class SpotBackend(BaseModel, ABC):
     checkpoint_schemes: ClassVar[frozenset[str] | None] = None
     #: the one argument that may also be given positionally (``LocalBackend([...])``), if any
     positional_argument: ClassVar[str | None] = None
+    #: the argument that gives the backend its on-demand price (named by the spend cap's messages)
+    price_argument: ClassVar[str] = "on_demand_price_per_hour"
     #: whether a succeeded attempt may still hold resources (a VM that has not deleted itself
     #: yet): the operator then calls :meth:`stop` after a success too, not only after other ends
     releases_after_success: ClassVar[bool] = False
@@ -368,6 +370,14 @@ class SpotBackend(BaseModel, ABC):
     def price_per_hour(self, handle: AttemptHandle | None, capacity: Capacity) -> float | None:
         """The price of the capacity an attempt runs on (or would run on), when known."""
         return None
+
+    def configured_price(self, capacity: Capacity) -> float | None:
+        """The price of ``capacity`` the configuration alone gives, without calling any API (parse time)."""
+        return self.price_per_hour(None, capacity)
+
+    def looks_prices_up(self) -> bool:
+        """Whether prices missing from the configuration may still be found at run time (a pricing API)."""
+        return False
 
     # -- pool health (backends with a ladder of pools) ------------------------------------------
     def capacity_ladder(self) -> list[str]:

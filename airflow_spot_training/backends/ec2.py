@@ -151,6 +151,7 @@ class EC2SpotBackend(SpotBackend):
     default_restart_overhead = 180.0
     positional_argument = "command"
     link_labels = ("EC2 instance", "Logs")
+    price_argument = "on_demand_prices"
     checkpoint_schemes = frozenset({"s3", "gs", "file"})
 
     command: str | list[str] = argument(
@@ -585,6 +586,21 @@ class EC2SpotBackend(SpotBackend):
             log.warning("Pricing API lookup for %s failed (needs pricing:GetProducts): %s", instance_type, e)
             return None
         return on_demand_price_from_product(response.get("PriceList", []))
+
+    def configured_price(self, capacity: Capacity) -> float | None:
+        """The on-demand price of every pool's instance type from ``on_demand_prices`` (the highest);
+        a spot price is known only from the instance."""
+        if capacity is Capacity.SPOT or self.on_demand_prices is None:
+            return None
+        if isinstance(self.on_demand_prices, (int, float)):
+            return float(self.on_demand_prices)
+        types = {pool.get("instance_type") for pool in self.capacity_pools()}
+        if None in types or not types <= set(self.on_demand_prices):
+            return None  # a type without a price (or the launch template's): only the Pricing API can tell
+        return max(float(self.on_demand_prices[t]) for t in types)  # type: ignore[index]
+
+    def looks_prices_up(self) -> bool:
+        return self.use_pricing_api
 
     def price_per_hour(self, handle: AttemptHandle | None, capacity: Capacity) -> float | None:
         ec2 = self.load_handle(handle) if handle is not None else None

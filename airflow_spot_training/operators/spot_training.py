@@ -278,6 +278,7 @@ class SpotTrainingOperator(BaseOperator):
                 raise SpotTrainingConfigError(f"{self.task_id}: return_to_spot=True: {e}") from e
         if not is_template(deadline):
             self._check_feasible(parse_deadline(deadline), now=None)
+        self._check_cap_has_prices()
         self.operator_extra_links = (CheckpointLink(),) + attempt_page_links(self.backend.link_labels,
                                                                            self.max_attempts)
         self._inflight: tuple[LaunchRequest, threading.Thread, dict[str, Any]] | None = None
@@ -323,6 +324,21 @@ class SpotTrainingOperator(BaseOperator):
                 "hours=...), or leave the cap out."
             )
         return cap
+
+    def _check_cap_has_prices(self) -> None:
+        """A spend cap projects with the on-demand price (spot launches too, when spot's is unknown)."""
+        if not self.spend_cap.active or self.backend.looks_prices_up() or any(
+                is_template(getattr(self.backend, name)) for name in self.backend.template_fields):
+            return  # known only at run time: checked before the first launch
+        if self.backend.configured_price(Capacity.ON_DEMAND) is None:
+            name = "max_cost" if self.spend_cap.max_cost is not None else "max_on_demand_cost"
+            argument = self.backend.price_argument
+            raise SpotTrainingConfigError(
+                f"{self.task_id}: {name}= needs the backend's on-demand price to project what an attempt costs "
+                f"(and a spot attempt whose spot price is not known before it launches): give "
+                f"{type(self.backend).__name__}({argument}=...) for every instance type it may launch, or leave "
+                "the cap out."
+            )
 
     def _check_deadline(self, deadline: Any) -> None:
         if is_template(deadline):
@@ -683,7 +699,7 @@ class SpotTrainingOperator(BaseOperator):
         if not self.spend_cap.applies_to(capacity):
             return
         now = time.time()
-        price = projection_price(capacity, ledger.prices)
+        price = projection_price(capacity, self._projection_prices(ledger))
         if price is None:
             raise AirflowFailException(f"{self.task_id}: {missing_price(capacity)}")
         state = self._job_state(ledger, Event.START, spot_unavailable=False)
@@ -743,6 +759,15 @@ class SpotTrainingOperator(BaseOperator):
             return
         at = record.ended_at or time.time()
         self._pool_store(rule).add([PoolObservation(record.pool, PoolEvent.RECLAIMED, at)], time.time())
+
+    def _projection_prices(self, ledger: RunLedger) -> dict[str, float]:
+        """The ledger's prices, on-demand raised to the dearest pool's the configuration names (a launch
+        may land in any pool of the ladder)."""
+        prices = dict(ledger.prices)
+        configured = self.backend.configured_price(Capacity.ON_DEMAND)
+        if configured is not None:
+            prices[Capacity.ON_DEMAND.value] = max(configured, prices.get(Capacity.ON_DEMAND.value, 0.0))
+        return prices
 
     def _launch(self, context: Context, ledger: RunLedger, capacity: Capacity) -> Any:
         number = ledger.next_attempt_number()

@@ -41,11 +41,11 @@ class TestArguments:
         with pytest.raises(SpotTrainingConfigError, match=r"max_cost= needs expected_runtime="):
             make(tmp_path, max_cost=10)
 
-    def test_a_launch_without_a_known_price_is_refused_naming_the_price_arguments(self, tmp_path):
-        op = make(tmp_path, max_cost=10, expected_runtime=3600, spot_price=None, on_demand_price=None)
-        with pytest.raises(AirflowFailException, match=r"no spot price is known .* \(on_demand_prices= on EC2"):
-            TaskRun().run(op)
-        assert not (tmp_path / "state").exists()
+    def test_a_cap_needs_the_backends_on_demand_price(self, tmp_path):
+        with pytest.raises(SpotTrainingConfigError, match=r"train: max_cost= needs the backend's on-demand price .* "
+                                                          r"give LocalBackend\(on_demand_price_per_hour=\.\.\.\)"):
+            make(tmp_path, max_cost=10, expected_runtime=3600, on_demand_price=None)
+        make(tmp_path, max_cost=10, expected_runtime=3600, spot_price=None)  # spot projected at on-demand's
 
 
 class TestRefusal:
