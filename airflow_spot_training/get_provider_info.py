@@ -53,6 +53,27 @@ def get_provider_info() -> dict[str, Any]:
                         "example": None,
                         "default": "60",
                     },
+                    "pool_cooldown": {
+                        "description": "Pool health, for backends with a ladder of pools (EC2 instance types x "
+                        "subnets, Compute Engine zones): seconds a pool is tried last after it reclaimed an attempt "
+                        "or had no spot capacity; spot launches otherwise try pools longest-uptime first (on-demand "
+                        "launches keep the configured order). Observations are shared "
+                        "by every task of the deployment through Airflow Variables "
+                        "(spot_training_pool_health:*). 0 turns pool health off (the configured order). A task's "
+                        "pool_cooldown= overrides it.",
+                        "version_added": "0.2.0",
+                        "type": "float",
+                        "example": "3600",
+                        "default": "1800",
+                    },
+                    "pool_health_window": {
+                        "description": "Seconds of pool observations that count for pool health; older ones are "
+                        "forgotten. A pool with no reclaim or capacity miss in the window has the longest uptime.",
+                        "version_added": "0.2.0",
+                        "type": "float",
+                        "example": None,
+                        "default": "21600",
+                    },
                     "default_deferrable": {
                         "description": "Whether spot-training tasks wait in the triggerer (no worker slot) unless "
                         "a task sets deferrable= itself. Turn it off for a deployment without a triggerer.",

@@ -40,6 +40,16 @@ def progress_log_interval() -> float:
     return float(_get("progress_log_interval", "60"))
 
 
+def pool_cooldown() -> float:
+    """Seconds a pool is tried last after it reclaimed an attempt or had no capacity (0: pool health off)."""
+    return float(_get("pool_cooldown", "1800"))
+
+
+def pool_health_window() -> float:
+    """Seconds of pool observations that count (older ones are forgotten)."""
+    return float(_get("pool_health_window", "21600"))
+
+
 def default_deferrable() -> bool:
     """Whether spot-training tasks wait in the triggerer unless a task says otherwise."""
     return _get("default_deferrable", "true").strip().lower() in ("1", "true", "yes", "on")

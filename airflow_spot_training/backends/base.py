@@ -82,13 +82,16 @@ class CapacityUnavailable(RuntimeError):
     :param message: what was tried and what each pool answered.
     :param capacity: the capacity asked for.
     :param pools_tried: one line per pool.
+    :param pools_without_capacity: the pools (as :meth:`SpotBackend.capacity_ladder` names
+        them) that said so, for pool health.
     """
 
     def __init__(self, message: str, pools_tried: list[str] | None = None,
-                 capacity: Capacity = Capacity.SPOT) -> None:
+                 capacity: Capacity = Capacity.SPOT, pools_without_capacity: list[str] | None = None) -> None:
         super().__init__(message)
         self.pools_tried = list(pools_tried or [])
         self.capacity = capacity
+        self.pools_without_capacity = list(pools_without_capacity or [])
 
 
 #: the name this exception had first; kept so user code catching it keeps working
@@ -108,12 +111,15 @@ class LaunchRequest:
     :param token: the attempt's idempotency token (stable for this attempt number).
     :param labels: identifiers to tag cloud resources with (dag_id, run_id, task_id,
         map_index, attempt, run_key, deployment).
+    :param pool_order: the backend's ladder (:meth:`SpotBackend.capacity_ladder`) in the order
+        pool health wants it tried; empty: the configured order.
     """
 
     contract: Contract
     capacity: Capacity
     token: str
     labels: dict[str, str] = field(default_factory=dict)
+    pool_order: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.contract.token:  # the training is told its own token
@@ -232,6 +238,8 @@ class SpotBackend(BaseModel, ABC):
     #: a backend that can launches every node of ``request.num_nodes`` all-or-nothing, hands
     #: each its :meth:`Contract.for_node`, and ends the whole gang when one node is lost
     supports_gangs: ClassVar[bool] = False
+    #: the argument that gives the backend its on-demand price (named by the spend cap's messages)
+    price_argument: ClassVar[str] = "on_demand_price_per_hour"
     #: whether a succeeded attempt may still hold resources (a VM that has not deleted itself
     #: yet): the operator then calls :meth:`stop` after a success too, not only after other ends
     releases_after_success: ClassVar[bool] = False
@@ -382,6 +390,31 @@ class SpotBackend(BaseModel, ABC):
     def price_per_hour(self, handle: AttemptHandle | None, capacity: Capacity) -> float | None:
         """The price of the capacity an attempt runs on (or would run on), when known."""
         return None
+
+    def configured_price(self, capacity: Capacity) -> float | None:
+        """The price of ``capacity`` the configuration alone gives, without calling any API (parse time)."""
+        return self.price_per_hour(None, capacity)
+
+    def looks_prices_up(self) -> bool:
+        """Whether prices missing from the configuration may still be found at run time (a pricing API)."""
+        return False
+
+    # -- pool health (backends with a ladder of pools) ------------------------------------------
+    def capacity_ladder(self) -> list[str]:
+        """The pools a launch tries, in the configured order, named as handles name them (``handle.pool``).
+
+        Empty for a backend without a ladder: pool health then leaves it alone. A backend with
+        one honours :attr:`LaunchRequest.pool_order`.
+        """
+        return []
+
+    def pool_health_scope(self) -> str:
+        """What makes two backends' pools the same pools (observations are shared within a scope)."""
+        return self.kind
+
+    def pools_without_capacity(self, handle: AttemptHandle) -> list[str]:
+        """The pools a launch passed over for lack of capacity before it got ``handle``'s."""
+        return []
 
     def spot_available(self, handle: AttemptHandle) -> bool | None:
         """Whether a spot launch would likely succeed now; ``None`` when the backend cannot tell.

@@ -72,6 +72,7 @@ from airflow_spot_training.core.contract import node_result_uri, secret_refs_env
 from airflow_spot_training.core.epoch import epoch_seconds
 from airflow_spot_training.core.folder_sync import compute_engine_command
 from airflow_spot_training.core.policy import Capacity
+from airflow_spot_training.core.pool_health import in_order
 from airflow_spot_training.runtime.results import MalformedRecord, read_json_record
 
 PREEMPTED_OPERATION = "compute.instances.preempted"
@@ -367,7 +368,7 @@ class ComputeEngineSpotBackend(SpotBackend):
 
         tried: list[str] = []
         pools: list[str] = []
-        for zone in self._zones_first(request, project):
+        for zone in self._zones_first(request, project, in_order(self.zones, request.pool_order, str)):
             created: list[str] = []
             for rank in range(request.num_nodes):
                 outcome = self._insert_node(request, project, zone, rank)
@@ -384,7 +385,18 @@ class ComputeEngineSpotBackend(SpotBackend):
         what = "spot" if request.capacity is Capacity.SPOT else "on-demand"
         raise CapacityUnavailable(
             f"no {what} capacity for {self.machine_type} in any of {len(self.zones)} zone(s): {'; '.join(pools)}. "
-            "More zones in zones=[...] widen the search.", pools_tried=pools, capacity=request.capacity)
+            "More zones in zones=[...] widen the search.", pools_tried=pools, capacity=request.capacity,
+            pools_without_capacity=list(tried))
+
+    def capacity_ladder(self) -> list[str]:
+        return list(self.zones)
+
+    def pool_health_scope(self) -> str:
+        # a zone out of one machine type may have plenty of another
+        return f"{self.kind}:{self.project_id or self.gcp_conn_id}:{self.machine_type}"
+
+    def pools_without_capacity(self, handle: AttemptHandle) -> list[str]:
+        return list(self._typed(handle).zones_tried)
 
     def _insert_node(self, request: LaunchRequest, project: str, zone: str, rank: int) -> str:
         """Create node ``rank``'s VM in ``zone`` (idempotent): ``created``, or ``exhausted`` (no capacity)."""
@@ -474,22 +486,22 @@ class ComputeEngineSpotBackend(SpotBackend):
             return self._handle(request, project, result.get("zone"), [])
         return None
 
-    def _zones_first(self, request: LaunchRequest, project: str) -> list[str]:
-        """The zone ladder; a zone holding part of this attempt's gang (a try died launching it) first.
+    def _zones_first(self, request: LaunchRequest, project: str, zones: list[str]) -> list[str]:
+        """The zone ladder ``zones``; a zone holding part of this attempt's gang (a try died launching it) first.
 
         Its VMs are then kept (their insert answers "already exists" and is re-attached) and
         only the missing ranks are created, rather than a second gang in another zone.
         """
         if request.num_nodes == 1:
-            return list(self.zones)
+            return zones
         instances, _, _ = self._connect()
         token = gc.label_value(request.token)
-        for zone in self.zones:
+        for zone in zones:
             for rank in range(request.num_nodes):
                 vm = self._get(instances, project, zone, _node_name(request, rank))
                 if vm is not None and vm.labels.get("spot-training-token") == token:
-                    return [zone] + [z for z in self.zones if z != zone]
-        return list(self.zones)
+                    return [zone] + [z for z in zones if z != zone]
+        return zones
 
     def _whole_gang(self, request: LaunchRequest, project: str, zone: str) -> bool:
         instances, _, _ = self._connect()

@@ -96,6 +96,7 @@ from airflow_spot_training.bootstrap import render_ec2_user_data
 from airflow_spot_training.core.contract import node_result_uri
 from airflow_spot_training.core.epoch import epoch_seconds
 from airflow_spot_training.core.folder_sync import ec2_user_data_command
+from airflow_spot_training.core.pool_health import in_order
 from airflow_spot_training.core.policy import Capacity
 from airflow_spot_training.runtime.results import MalformedRecord, read_json_record
 
@@ -174,6 +175,7 @@ class EC2SpotBackend(SpotBackend):
     default_restart_overhead = 180.0
     positional_argument = "command"
     link_labels = ("EC2 instance", "Logs")
+    price_argument = "on_demand_prices"
     checkpoint_schemes = frozenset({"s3", "gs", "file"})
     supports_gangs = True
 
@@ -343,8 +345,9 @@ class EC2SpotBackend(SpotBackend):
         tried: list[str] = []
         pools = self.capacity_pools()
         partial = self._partial_gang(request)  # a try that died launching the gang left these running
-        for index in _pools_first(len(pools), partial.get("pool")):
-            pool = pools[index]
+        # the ClientToken keeps each pool's configured index, whatever order pool health asks for
+        ladder = in_order(list(enumerate(pools)), request.pool_order, lambda entry: _pool_label(entry[1]))
+        for index, pool in _partial_pool_first(ladder, partial.get("pool")):
             label = _pool_label(pool)
             reuse = partial["nodes"] if partial.get("pool") == index else {}
             try:
@@ -359,8 +362,17 @@ class EC2SpotBackend(SpotBackend):
         raise CapacityUnavailable(
             f"no {what} capacity in any of {len(pools)} pool(s): {'; '.join(tried)}. More instance types, or "
             "subnets in other availability zones (instance_types / subnet_ids / pools), widen the search.",
-            pools_tried=tried, capacity=request.capacity,
+            pools_tried=tried, capacity=request.capacity, pools_without_capacity=_tried_pools(tried),
         )
+
+    def capacity_ladder(self) -> list[str]:
+        return [_pool_label(pool) for pool in self.capacity_pools()]
+
+    def pool_health_scope(self) -> str:
+        return f"{self.kind}:{self.region_name or self.aws_conn_id or 'default'}"
+
+    def pools_without_capacity(self, handle: AttemptHandle) -> list[str]:
+        return _tried_pools(self._typed(handle).pools_tried)
 
     def _partial_gang(self, request: LaunchRequest) -> dict[str, Any]:
         """Live nodes of this attempt's gang left by a try that died while launching it: their pool and ranks.
@@ -662,6 +674,21 @@ class EC2SpotBackend(SpotBackend):
             return None
         return on_demand_price_from_product(response.get("PriceList", []))
 
+    def configured_price(self, capacity: Capacity) -> float | None:
+        """The on-demand price of every pool's instance type from ``on_demand_prices`` (the highest);
+        a spot price is known only from the instance."""
+        if capacity is Capacity.SPOT or self.on_demand_prices is None:
+            return None
+        if isinstance(self.on_demand_prices, (int, float)):
+            return float(self.on_demand_prices)
+        types = {pool.get("instance_type") for pool in self.capacity_pools()}
+        if None in types or not types <= set(self.on_demand_prices):
+            return None  # a type without a price (or the launch template's): only the Pricing API can tell
+        return max(float(self.on_demand_prices[t]) for t in types)  # type: ignore[index]
+
+    def looks_prices_up(self) -> bool:
+        return self.use_pricing_api
+
     def price_per_hour(self, handle: AttemptHandle | None, capacity: Capacity) -> float | None:
         ec2 = self.load_handle(handle) if handle is not None else None
         assert ec2 is None or isinstance(ec2, EC2Handle)
@@ -865,13 +892,9 @@ def settle_ended(status: AttemptStatus, result: dict[str, Any] | None, token: st
     return status
 
 
-def _pools_first(count: int, first: int | None) -> list[int]:
-    """The ladder's pool indexes in order, with ``first`` (a partial gang's pool) moved to the front."""
-    order = list(range(count))
-    if first is not None and first in order:
-        order.remove(first)
-        order.insert(0, first)
-    return order
+def _partial_pool_first(ladder: list[tuple[int, dict[str, str]]], first: int | None) -> list[tuple[int, dict[str, str]]]:
+    """The ladder (``(index, pool)`` pairs) with pool ``first`` (a partial gang's) moved to the front."""
+    return sorted(ladder, key=lambda entry: entry[0] != first)
 
 
 def _nodes(handle: EC2Handle) -> list[EC2Handle]:
@@ -908,6 +931,11 @@ def on_demand_price_from_product(price_list: list[Any]) -> float | None:
                 if usd is not None and float(usd) > 0:
                     return float(usd)
     return None
+
+
+def _tried_pools(tried: list[str]) -> list[str]:
+    """The pool labels of ``"<label>: <code>"`` lines."""
+    return [line.split(": ", 1)[0] for line in tried]
 
 
 def _pool_label(pool: dict[str, str]) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from airflow_spot_training.core.attempt import AttemptState, check_version
 from airflow_spot_training.core.policy import Capacity, Decision
+from airflow_spot_training.core.pool_health import PoolEvent, PoolObservation
 
 #: version 2: typed outcomes, progress steps and links per attempt (version 1 ledgers still load)
 LEDGER_VERSION = 2
@@ -58,6 +59,11 @@ class AttemptRecord:
     #: machines the attempt ran on together (a gang); billed as node-seconds, and one node
     #: reclaimed is one preemption of the attempt
     nodes: int = 1
+    #: pool health: the ladder in the order this attempt's launch tried it, and why
+    pool_order: list[str] | None = None
+    pool_reason: str | None = None
+    #: pools the launch passed over (or, for ``capacity_unavailable``, every pool) for lack of capacity
+    pools_without_capacity: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.outcome = AttemptState(self.outcome)
@@ -138,6 +144,8 @@ class RunLedger:
     spot_wait_seconds: float = 0.0
     waiting_since: float | None = None
     prices: dict[str, float] = field(default_factory=dict)
+    #: the run's spend cap (``max_cost``, ``max_on_demand_cost``, USD), as the operator was given it
+    spend_cap: dict[str, float | None] | None = None
     version: int = LEDGER_VERSION
 
     # -- derived figures -------------------------------------------------------------
@@ -201,6 +209,31 @@ class RunLedger:
                 furthest = max(furthest or 0, reached)
         return total
 
+    def spent(self, now: float | None = None) -> dict[str, float]:
+        """USD spent so far (``total``, ``on_demand``): every attempt of every try, running ones up to now."""
+        from airflow_spot_training.core.spend import spend_so_far
+
+        return spend_so_far(self, now).to_dict()
+
+    def pool_observations(self) -> list[PoolObservation]:
+        """What this run's own spot attempts saw of their pools: reclaims and capacity misses."""
+        seen = []
+        for a in self.attempts:
+            if a.capacity != Capacity.SPOT.value:
+                continue
+            if a.outcome is AttemptState.PREEMPTED and a.pool and a.ended_at is not None:
+                seen.append(PoolObservation(a.pool, PoolEvent.RECLAIMED, a.ended_at))
+            at = a.launched_at if a.launched_at is not None else a.ended_at
+            if at is not None:
+                seen.extend(PoolObservation(pool, PoolEvent.NO_CAPACITY, at) for pool in a.pools_without_capacity)
+        return seen
+
+    def _spend_figures(self, now: float | None) -> dict[str, float | None]:
+        figures: dict[str, float | None] = dict(self.spent(now))
+        if self.spend_cap:
+            figures.update(self.spend_cap)
+        return figures
+
     def next_attempt_number(self) -> int:
         return len(self.attempts) + 1
 
@@ -210,7 +243,7 @@ class RunLedger:
             self.tries.append(try_number)
 
     def record_decision(self, decision: Decision, event: str, now: float) -> None:
-        self.decisions.append({"at": now, "event": event, **decision.to_dict()})
+        self.decisions.append({"at": now, "event": event, **decision.to_dict(), "spent": self.spent(now)})
         cur = self.current
         new_capacity = decision.action.capacity
         previous = cur.capacity if cur is not None else Capacity.SPOT.value
@@ -284,6 +317,7 @@ class RunLedger:
                     "progress_step": a.progress_step,
                     "try_number": a.try_number,
                     "pool": a.pool,
+                    "pool_reason": a.pool_reason,
                     "cost": None if a.cost(now) is None else round(a.cost(now), 6),  # type: ignore[arg-type]
                     "billable_seconds": a.billable_seconds,
                     "training_seconds": a.training_seconds,
@@ -303,11 +337,22 @@ class RunLedger:
             "total_steps": self.total_steps,
             "recomputed_steps": self.recomputed_steps(),
             "deadline": self.deadline,
+            "spend": self._spend_figures(now),
         }
 
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
+
+
+def _spend_lines(spend: Mapping[str, Any] | None) -> list[str]:
+    """The spend-cap line of the plain-text summary: none without a cap."""
+    spend = spend or {}
+    caps = [f"{name}={spend[name]:g} USD" for name in ("max_cost", "max_on_demand_cost") if spend.get(name) is not None]
+    if not caps:
+        return []
+    return [f"spent:              {spend.get('total', 0):.4f} USD ({spend.get('on_demand', 0):.4f} on on-demand); "
+            f"cap {', '.join(caps)}"]
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -341,6 +386,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     if summary.get("cost") is not None:
         lines.append(f"estimated cost:     {summary['cost']:.4f} USD")
+    lines.extend(_spend_lines(summary.get("spend")))
     if summary.get("savings"):
         s = summary["savings"]
         lines.append(

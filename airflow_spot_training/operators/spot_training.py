@@ -74,9 +74,18 @@ from airflow_spot_training.core.policy import (
     format_duration,
     serialize_policy,
 )
+from airflow_spot_training.core.pool_health import PoolEvent, PoolHealthRule, PoolObservation
 from airflow_spot_training.core.redaction import redact, redact_lines, secret_values_of
+from airflow_spot_training.core.spend import (
+    SpendCap,
+    missing_price,
+    projected_attempt_cost,
+    projection_price,
+    spend_so_far,
+)
 from airflow_spot_training.links.spot_training import AttemptPageLink, CheckpointLink, attempt_page_links
 from airflow_spot_training.metrics import emit_ledger_changes
+from airflow_spot_training.pool_health_store import PoolHealthStore
 from airflow_spot_training.runtime.checkpoint import CheckpointError, CheckpointManager
 from airflow_spot_training.runtime.results import read_metrics, read_progress
 from airflow_spot_training.triggers.spot_training import SpotTrainingTrigger
@@ -111,6 +120,17 @@ def _count(value: Any, argument: str, minimum: int = 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise SpotTrainingConfigError(f"{argument}={value!r} is invalid: give an integer >= {minimum}.")
     return value
+
+
+def _usd_cap(value: Any, argument: str) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise SpotTrainingConfigError(
+            f"{argument}={value!r} is invalid: give a positive number of USD (e.g. {argument}=50.0), or leave it "
+            "out for no cap."
+        )
+    return float(value)
 
 
 def default_checkpoint_prefix(base: str, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
@@ -178,6 +198,18 @@ class SpotTrainingOperator(BaseOperator):
         every node gets its rank, the gang's size and rank 0's address (user guide,
         "Multi-node training"); one node reclaimed stops the gang and counts as one
         preemption; cost is billed per node. Needs a backend that can gang. Default 1.
+    :param max_cost: USD the whole run may cost (every attempt, every Airflow try). Before each launch
+        the attempt's cost is projected (the work left plus one restart, at the capacity's price; a
+        spot price not known before launch is taken as the on-demand price); a launch that would
+        cross the cap is refused and the task fails, saying what was spent and projected. Needs
+        ``expected_runtime`` and the backend's prices.
+    :param max_on_demand_cost: USD the run may spend on on-demand capacity; checked like ``max_cost``
+        before each on-demand launch.
+    :param pool_cooldown: pool health, for backends with a ladder of pools (EC2, Compute Engine):
+        seconds a spot launch tries a pool last after it reclaimed an attempt or had no capacity;
+        pools are otherwise tried longest-uptime first, from observations every task of the
+        deployment shares (on-demand launches keep the configured order).
+        ``0`` turns it off (the configured order). Default ``[spot_training] pool_cooldown`` (1800).
     """
 
     template_fields: Sequence[str] = ("checkpoint_prefix", "deadline", "backend")
@@ -204,6 +236,9 @@ class SpotTrainingOperator(BaseOperator):
         deferrable: bool | None = None,
         progress_log_interval: float | timedelta | None = None,
         num_nodes: int = 1,
+        max_cost: float | None = None,
+        max_on_demand_cost: float | None = None,
+        pool_cooldown: float | timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -237,6 +272,9 @@ class SpotTrainingOperator(BaseOperator):
         self.deferrable = settings.default_deferrable() if deferrable is None else bool(deferrable)
         self.progress_log_interval = _seconds(progress_log_interval, "progress_log_interval", minimum=0.01)
         self.num_nodes = self._check_num_nodes(num_nodes)
+        self.spend_cap = self._spend_cap(max_cost, max_on_demand_cost)
+        self.pool_cooldown = _seconds(pool_cooldown, "pool_cooldown")
+        self._pool_health_store: PoolHealthStore | None = None
         if isinstance(checkpoint_prefix, str) and not is_template(checkpoint_prefix):
             self._check_prefix_shape(checkpoint_prefix)
         if return_to_spot:
@@ -246,6 +284,7 @@ class SpotTrainingOperator(BaseOperator):
                 raise SpotTrainingConfigError(f"{self.task_id}: return_to_spot=True: {e}") from e
         if not is_template(deadline):
             self._check_feasible(parse_deadline(deadline), now=None)
+        self._check_cap_has_prices()
         self.operator_extra_links = (CheckpointLink(),) + attempt_page_links(self.backend.link_labels,
                                                                            self.max_attempts)
         self._inflight: tuple[LaunchRequest, threading.Thread, dict[str, Any]] | None = None
@@ -291,6 +330,35 @@ class SpotTrainingOperator(BaseOperator):
             fix = "" if self.backend.supports_gangs else f" Use num_nodes=1, or a backend that can ({gangs})."
             raise SpotTrainingConfigError(f"{self.task_id}: num_nodes={num_nodes}: {e}{fix}") from e
         return num_nodes
+
+    def _spend_cap(self, max_cost: Any, max_on_demand_cost: Any) -> SpendCap:
+        try:
+            cap = SpendCap(_usd_cap(max_cost, "max_cost"), _usd_cap(max_on_demand_cost, "max_on_demand_cost"))
+        except SpotTrainingConfigError as e:
+            raise SpotTrainingConfigError(f"{self.task_id}: {e}") from e
+        if cap.active and self.expected_runtime is None:
+            name = "max_cost" if cap.max_cost is not None else "max_on_demand_cost"
+            raise SpotTrainingConfigError(
+                f"{self.task_id}: {name}= needs expected_runtime= (the compute time the whole training needs) to "
+                "project an attempt's cost before the training reports progress; give expected_runtime=timedelta("
+                "hours=...), or leave the cap out."
+            )
+        return cap
+
+    def _check_cap_has_prices(self) -> None:
+        """A spend cap projects with the on-demand price (spot launches too, when spot's is unknown)."""
+        if not self.spend_cap.active or self.backend.looks_prices_up() or any(
+                is_template(getattr(self.backend, name)) for name in self.backend.template_fields):
+            return  # known only at run time: checked before the first launch
+        if self.backend.configured_price(Capacity.ON_DEMAND) is None:
+            name = "max_cost" if self.spend_cap.max_cost is not None else "max_on_demand_cost"
+            argument = self.backend.price_argument
+            raise SpotTrainingConfigError(
+                f"{self.task_id}: {name}= needs the backend's on-demand price to project what an attempt costs "
+                f"(and a spot attempt whose spot price is not known before it launches): give "
+                f"{type(self.backend).__name__}({argument}=...) for every instance type it may launch, or leave "
+                "the cap out."
+            )
 
     def _check_deadline(self, deadline: Any) -> None:
         if is_template(deadline):
@@ -461,6 +529,7 @@ class SpotTrainingOperator(BaseOperator):
             price = self.backend.price_per_hour(None, capacity)
             if price is not None:
                 ledger.prices[capacity.value] = price
+        ledger.spend_cap = self.spend_cap.to_dict() if self.spend_cap.active else None
         ledger.note_try(ti.try_number)
         self._check_writable(ledger.checkpoint_prefix)
         ti.xcom_push(key=XCOM_PREFIX_KEY, value=ledger.checkpoint_prefix)
@@ -644,10 +713,86 @@ class SpotTrainingOperator(BaseOperator):
         if deployment:
             labels["deployment"] = deployment
         return LaunchRequest(contract=contract, capacity=Capacity(record.capacity), token=record.token,
-                             labels=labels)
+                             labels=labels, pool_order=tuple(record.pool_order or ()))
+
+    def _check_spend(self, context: Context, ledger: RunLedger, capacity: Capacity, number: int) -> None:
+        """Refuse (and fail the task) a launch whose projected cost would cross the spend cap."""
+        if not self.spend_cap.applies_to(capacity):
+            return
+        now = time.time()
+        price = projection_price(capacity, self._projection_prices(ledger))
+        if price is None:
+            raise AirflowFailException(f"{self.task_id}: {missing_price(capacity)}")
+        state = self._job_state(ledger, Event.START, spot_unavailable=False)
+        remaining = state.remaining_work if state.remaining_work is not None else self.expected_runtime or 0.0
+        projected = projected_attempt_cost(remaining, self.restart_overhead, price)
+        spent = spend_so_far(ledger, now)
+        refusal = self.spend_cap.refusal(spent, projected, capacity, number)
+        if refusal is None:
+            return
+        ledger.decisions.append({"at": now, "event": "spend_cap", "action": "refused", "reason": refusal,
+                                 "capacity": capacity.value, "spent": spent.to_dict(),
+                                 "projected": round(projected, 6)})
+        self._save(context, ledger)
+        raise AirflowFailException(refusal)
+
+    # -- pool health -------------------------------------------------------------------------
+    def _pool_rule(self, record: AttemptRecord) -> PoolHealthRule | None:
+        """The pool health rule for ``record``'s launch; ``None`` when it is off, the backend has no
+        ladder, or the launch is on-demand (never reclaimed: it walks the ladder in its configured order)."""
+        cooldown = self.pool_cooldown if self.pool_cooldown is not None else settings.pool_cooldown()
+        if not cooldown or record.capacity != Capacity.SPOT.value or len(self.backend.capacity_ladder()) < 2:
+            return None
+        return PoolHealthRule(cooldown=cooldown, window=max(settings.pool_health_window(), cooldown))
+
+    def _pool_store(self, rule: PoolHealthRule) -> PoolHealthStore:
+        if self._pool_health_store is None:
+            self._pool_health_store = PoolHealthStore(self.backend.pool_health_scope(), rule)
+        return self._pool_health_store
+
+    def _choose_pools(self, ledger: RunLedger, record: AttemptRecord) -> None:
+        """Rank the backend's ladder for this attempt's launch; the order and its reason go into the record."""
+        rule = self._pool_rule(record)
+        if rule is None:
+            return
+        ladder = self.backend.capacity_ladder()
+        seen = self._pool_store(rule).observations(ladder) + ledger.pool_observations()
+        ranking = rule.rank(ladder, seen, time.time())
+        record.pool_order, record.pool_reason = ranking.order, ranking.reason
+        self.log.info("pool health: attempt %s tries %s (%s)", record.number, ", ".join(ranking.order),
+                      ranking.reason)
+
+    def _observe_pools(self, record: AttemptRecord, pools: list[str]) -> None:
+        """Pools that had no capacity for this attempt's launch: in the record and the shared store."""
+        record.pools_without_capacity = list(pools)
+        rule = self._pool_rule(record)
+        if rule is None or not pools:
+            return
+        at = record.launched_at or time.time()
+        self._pool_store(rule).add([PoolObservation(pool, PoolEvent.NO_CAPACITY, at) for pool in pools], time.time())
+
+    def _observe_reclaim(self, record: AttemptRecord) -> None:
+        """A preempted attempt's pool reclaimed it: into the shared store (the ledger has it already)."""
+        if record.outcome is not AttemptState.PREEMPTED or not record.pool:
+            return
+        rule = self._pool_rule(record)
+        if rule is None:
+            return
+        at = record.ended_at or time.time()
+        self._pool_store(rule).add([PoolObservation(record.pool, PoolEvent.RECLAIMED, at)], time.time())
+
+    def _projection_prices(self, ledger: RunLedger) -> dict[str, float]:
+        """The ledger's prices, on-demand raised to the dearest pool's the configuration names (a launch
+        may land in any pool of the ladder)."""
+        prices = dict(ledger.prices)
+        configured = self.backend.configured_price(Capacity.ON_DEMAND)
+        if configured is not None:
+            prices[Capacity.ON_DEMAND.value] = max(configured, prices.get(Capacity.ON_DEMAND.value, 0.0))
+        return prices
 
     def _launch(self, context: Context, ledger: RunLedger, capacity: Capacity) -> Any:
         number = ledger.next_attempt_number()
+        self._check_spend(context, ledger, capacity, number)
         checkpoint = self._latest_checkpoint(ledger)
         start_step = checkpoint.step if checkpoint else None
         record = AttemptRecord(
@@ -661,6 +806,7 @@ class SpotTrainingOperator(BaseOperator):
             total_steps=checkpoint.total_steps if checkpoint else None,
             nodes=self.num_nodes,
         )
+        self._choose_pools(ledger, record)
         ledger.attempts.append(record)
         # Persist before launching: a worker that dies inside launch() leaves a record whose
         # token makes the next try's launch() return the same attempt instead of a second one.
@@ -673,6 +819,7 @@ class SpotTrainingOperator(BaseOperator):
             handle = self._launch_watched(request)
         except CapacityUnavailable as e:
             record.outcome, record.reason, record.ended_at = AttemptState.CAPACITY_UNAVAILABLE, str(e), time.time()
+            self._observe_pools(record, e.pools_without_capacity)
             self._save(context, ledger)
             self.log.warning("attempt %s: no %s capacity: %s", record.number, record.capacity, e)
             return self._after_no_capacity(context, ledger, e)
@@ -719,6 +866,8 @@ class SpotTrainingOperator(BaseOperator):
         record.pool = handle.pool
         record.price_per_hour = self.backend.price_per_hour(handle, Capacity(record.capacity))
         record.links = [link.to_dict() for link in self.backend.attempt_links(handle)]
+        if not record.pools_without_capacity:
+            self._observe_pools(record, self.backend.pools_without_capacity(handle))
         if ledger.first_launch_at is None:
             ledger.first_launch_at = record.launched_at
             deadline = self._parse_rendered_deadline()
@@ -959,6 +1108,7 @@ class SpotTrainingOperator(BaseOperator):
             record.reason = (f"the training committed its final checkpoint (step {checkpoint.step}) before the "
                              f"attempt ended ({event.kind.value}: {event.reason})")  # type: ignore[union-attr]
         record.outcome = state
+        self._observe_reclaim(record)
         self._save(context, ledger)
         if state is AttemptState.FAILED:
             self._show_training_log(record)  # before the release: some clouds drop a machine's output with it

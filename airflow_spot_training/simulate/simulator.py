@@ -9,9 +9,13 @@ available somewhere now and for how long it has been (``spot_available_for``), a
 caller polling every step would see it. Its answer is applied:
 
 * ``SPOT``: keep a running spot instance; otherwise stop whatever runs (after a
-  checkpoint) and launch spot, in the pool that held the last spot instance if it has
-  capacity, else in the first pool that has. Without capacity anywhere the policy is
-  asked again with ``CAPACITY_UNAVAILABLE``.
+  checkpoint) and launch spot. Which pool, by ``pools_by``: ``"sticky"`` (the default),
+  the pool that held the last spot instance if it has capacity, else the first pool that
+  has; ``"ladder"``, the first pool with capacity in the given order (what the operator
+  does without pool health); a :class:`~airflow_spot_training.core.pool_health.PoolHealthRule`,
+  the pools in the order the rule ranks them from the job's own reclaims and capacity
+  misses (pool health, the operator's rule), every pool tried without capacity noted as
+  a miss. Without capacity anywhere the policy is asked again with ``CAPACITY_UNAVAILABLE``.
 * ``ON_DEMAND``: keep a running on-demand instance; otherwise stop and launch one.
 * ``WAIT``: stop whatever runs (after a checkpoint) and wait one step.
 
@@ -27,6 +31,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from typing import Literal
+
 from airflow_spot_training.core.policy import (
     Action,
     Capacity,
@@ -36,6 +42,7 @@ from airflow_spot_training.core.policy import (
     JobState,
     check_feasible,
 )
+from airflow_spot_training.core.pool_health import PoolEvent, PoolHealthRule, PoolObservation
 
 ON_DEMAND_PRICE = 3.06  # USD per hour, p3.2xlarge
 SPOT_PRICE = ON_DEMAND_PRICE / 3
@@ -55,6 +62,8 @@ class SimResult:
     on_demand_seconds: float = 0.0
     moves_to_spot: int = 0
     decisions: list[tuple[float, str, Decision]] = field(default_factory=list)
+    #: the pool of every spot launch, in order
+    spot_pools: list[int] = field(default_factory=list)
 
     @property
     def missed(self) -> bool:
@@ -73,6 +82,9 @@ def simulate(
     on_demand_price: float = ON_DEMAND_PRICE,
     poll_interval: float | None = None,
     record: bool = False,
+    pools_by: Literal["sticky", "ladder"] | PoolHealthRule = "sticky",
+    pool_observations: list[PoolObservation] | None = None,
+    clock_start: float = 0.0,
 ) -> SimResult:
     """Replay one job on one window of traces.
 
@@ -90,6 +102,12 @@ def simulate(
     :param poll_interval: told to the policy as ``JobState.poll_interval``; defaults to the
         step, which is how often the simulator asks.
     :param record: keep every decision in :attr:`SimResult.decisions`.
+    :param pools_by: how a spot launch picks its pool (see the module docstring).
+    :param pool_observations: with a pool health rule, the observations it ranks from and adds
+        to; pass one list to several jobs to simulate a fleet that shares them (the operator's
+        Variables). Default: the job's own only.
+    :param clock_start: the job's start on the fleet's clock (observations are stamped with
+        ``clock_start + t``; a job never sees observations later than its own now).
     """
     check_feasible(task_seconds, deadline_seconds, restart_overhead)
     if not pools:
@@ -117,6 +135,7 @@ def simulate(
     spot_unavailable = False
     spot_seen_since: float | None = None  # start of the current run of steps with spot somewhere
     event = Event.START
+    picker = PoolPicker(pools_by, n_pools, pool_observations, clock_start)
 
     def state_at(now: float, ev: Event, any_spot: bool) -> JobState:
         return JobState(
@@ -148,6 +167,7 @@ def simulate(
         elif spot_seen_since is None:
             spot_seen_since = now
         if running is Capacity.SPOT and not avail(pool_of_spot, step):  # type: ignore[arg-type]
+            picker.reclaimed(pool_of_spot, now)  # type: ignore[arg-type]
             res.preemptions += 1
             progress -= unsaved
             unsaved = 0.0
@@ -164,7 +184,8 @@ def simulate(
             was_on_demand = running is Capacity.ON_DEMAND
             running, unsaved = None, 0.0  # checkpoint and stop whatever ran
             if free_pools:
-                pool = last_spot_pool if last_spot_pool in free_pools else free_pools[0]
+                pool = picker.pick(free_pools, last_spot_pool, now)
+                res.spot_pools.append(pool)
                 running, pool_of_spot, last_spot_pool = Capacity.SPOT, pool, pool
                 overhead_left, attempts, spot_unavailable = restart_overhead, attempts + 1, False
                 res.launches += 1
@@ -207,6 +228,35 @@ def simulate(
         if res.finished:
             break
     return res
+
+
+class PoolPicker:
+    """Which pool a simulated spot launch lands in, and what pool health learns on the way."""
+
+    def __init__(self, pools_by: Literal["sticky", "ladder"] | PoolHealthRule, n_pools: int,
+                 observations: list[PoolObservation] | None = None, clock_start: float = 0.0) -> None:
+        if not isinstance(pools_by, PoolHealthRule) and pools_by not in ("sticky", "ladder"):
+            raise ValueError(f"pools_by={pools_by!r}: give 'sticky', 'ladder' or a PoolHealthRule")
+        self.pools_by = pools_by
+        self.names = [str(k) for k in range(n_pools)]
+        self.observations: list[PoolObservation] = [] if observations is None else observations
+        self.clock_start = clock_start
+
+    def reclaimed(self, pool: int, now: float) -> None:
+        self.observations.append(PoolObservation(str(pool), PoolEvent.RECLAIMED, self.clock_start + now))
+
+    def pick(self, free_pools: list[int], last_spot_pool: int, now: float) -> int:
+        if self.pools_by == "sticky":
+            return last_spot_pool if last_spot_pool in free_pools else free_pools[0]
+        if self.pools_by == "ladder":
+            return free_pools[0]
+        assert isinstance(self.pools_by, PoolHealthRule)
+        now += self.clock_start
+        for name in self.pools_by.rank(self.names, self.observations, now).order:
+            if int(name) in free_pools:
+                return int(name)
+            self.observations.append(PoolObservation(name, PoolEvent.NO_CAPACITY, now))
+        raise AssertionError("pick() needs a free pool")
 
 
 def on_demand_only_cost(task_seconds: float, restart_overhead: float,

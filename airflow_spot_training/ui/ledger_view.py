@@ -64,6 +64,10 @@ def _computed_summary(full: Any, now: float) -> dict[str, Any] | None:
         return None
 
 
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
 def _links(*attempt_dicts: Any) -> list[dict[str, str]]:
     """Per-attempt links (``[{"name", "url"}]``) from the first record that has any."""
     for data in attempt_dicts:
@@ -104,6 +108,7 @@ def _attempt_view(summary_attempt: dict[str, Any], raw: dict[str, Any] | None, p
         "checkpoint_step": summary_attempt.get("checkpoint_step"),
         "try_number": summary_attempt.get("try_number"),
         "pool": summary_attempt.get("pool"),
+        "pool_reason": _text(summary_attempt.get("pool_reason")),
         "cost": _number(summary_attempt.get("cost")),
         "saved": _number(summary_attempt.get("saved")),
         "links": _links(summary_attempt, published, raw),
@@ -185,8 +190,13 @@ def _checkpoint(summary: dict[str, Any], attempts: list[dict[str, Any]], raw_att
 
 def _money(summary: dict[str, Any], capacity_seconds: dict[str, float]) -> dict[str, Any]:
     savings = summary.get("savings") if isinstance(summary.get("savings"), dict) else {}
+    spend = summary.get("spend") if isinstance(summary.get("spend"), dict) else {}
     spot, on_demand = capacity_seconds.get(SPOT, 0.0), capacity_seconds.get(ON_DEMAND, 0.0)
     return {
+        "spent": _number(spend.get("total")),
+        "spent_on_demand": _number(spend.get("on_demand")),
+        "max_cost": _number(spend.get("max_cost")),
+        "max_on_demand_cost": _number(spend.get("max_on_demand_cost")),
         "cost": _number(summary.get("cost")),
         "on_demand_only_cost": _number(savings.get("on_demand_only_cost")),
         "saved": _number(savings.get("saved")),

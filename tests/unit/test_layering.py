@@ -25,6 +25,7 @@ def test_core_and_simulator_are_pure():
         "airflow_spot_training.core.ledger", "airflow_spot_training.core.contract",
         "airflow_spot_training.core.checkpoint_protocol", "airflow_spot_training.core.deadline",
         "airflow_spot_training.core.reasons", "airflow_spot_training.core.folder_sync",
+        "airflow_spot_training.core.spend", "airflow_spot_training.core.pool_health",
         "airflow_spot_training.simulate",
     ])
     assert result.returncode == 0, result.stderr

@@ -39,6 +39,16 @@
     return node;
   }
 
+  /** The spend cap, when the task has one: what was spent against it. */
+  function capDetail(view) {
+    const parts = [];
+    if (view.max_cost !== null && view.max_cost !== undefined) parts.push(`cap ${usd(view.max_cost)}`);
+    if (view.max_on_demand_cost !== null && view.max_on_demand_cost !== undefined) {
+      parts.push(`on-demand ${usd(view.spent_on_demand)} of ${usd(view.max_on_demand_cost)}`);
+    }
+    return parts.length ? parts.join(", ") : null;
+  }
+
   function cards(view) {
     const launched = view.attempts.filter((a) => a.outcome !== "capacity_unavailable");
     const onDemand = launched.filter((a) => a.capacity === "on_demand").length;
@@ -48,7 +58,7 @@
       card("preemption-count", "Preemptions", String(view.preemptions), null, view.preemptions),
       card("recomputed", "Recomputed steps", String(view.recomputed_steps), null, view.recomputed_steps),
       checkpointCard(view),
-      card("cost", "Cost", usd(view.cost), null, view.cost),
+      card("cost", "Cost", usd(view.cost), capDetail(view), view.cost),
       card("savings", "Saved vs on-demand", view.saved === null ? "–" : `${usd(view.saved)} (${percent(view.saved_fraction)})`, savingsDetail, view.saved),
       card("spot-share", "Spot share", percent(view.spot_share), `${duration(view.spot_seconds)} spot, ${duration(view.on_demand_seconds)} on-demand`, view.spot_share),
       card("spot-wait", "Waited for spot", duration(view.spot_wait_seconds), null, view.spot_wait_seconds),
@@ -188,7 +198,8 @@
       body.append(el("tr", { class: "attempt-row", "data-attempt": a.number },
         el("td", { class: "num", text: String(a.number) }),
         el("td", { text: a.capacity === "on_demand" ? "on-demand" : a.capacity }),
-        el("td", {}, el("span", { text: a.outcome }), a.reason ? el("div", { class: "muted", text: a.reason }) : ""),
+        el("td", {}, el("span", { text: a.outcome }), a.reason ? el("div", { class: "muted", text: a.reason }) : "",
+          a.pool_reason ? el("div", { class: "muted pool-reason", text: `pool: ${a.pool_reason}` }) : ""),
         el("td", { text: time(a.start) }),
         el("td", { class: "num", text: duration(a.seconds) }),
         el("td", { text: steps }),

@@ -193,3 +193,21 @@ def test_escalation_kinds():
 def test_decoded():
     assert decoded(json.dumps(json.dumps({"a": 1}))) == {"a": 1}
     assert decoded("{") is None and decoded(None) is None
+
+
+class TestSpendAndPools:
+    def test_the_spend_cap_and_each_attempts_pool_choice_are_in_the_view(self):
+        ledger = escalated_ledger()
+        ledger.spend_cap = {"max_cost": 5.0, "max_on_demand_cost": 2.0}
+        ledger.attempts[1].pool_reason = "b first: no reclaim or capacity miss in the window; a: reclaimed an attempt"
+        view = task_instance_view(ledger.to_dict(), None, now=T0 + 4000, ti_state="success")
+        # 20 min of spot at 0.3 USD/h, then 30 min of on-demand at 1.0 USD/h
+        assert view["spent"] == pytest.approx(0.1 + 0.5) and view["spent_on_demand"] == pytest.approx(0.5)
+        assert (view["max_cost"], view["max_on_demand_cost"]) == (5.0, 2.0)
+        assert view["attempts"][1]["pool_reason"].startswith("b first")
+        assert view["attempts"][0]["pool_reason"] == ""
+
+    def test_a_ledger_without_a_cap_shows_none(self):
+        ledger = escalated_ledger()
+        view = task_instance_view(ledger.to_dict(), ledger.summary(), now=T0 + 4000, ti_state="success")
+        assert view["max_cost"] is None and view["max_on_demand_cost"] is None
