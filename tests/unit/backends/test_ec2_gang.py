@@ -136,6 +136,21 @@ class TestEC2Gang:
         assert len(first) == 2 and all(i.state == "terminated" for i in first)  # the survivor was stopped
 
 
+    def test_the_next_gang_leaves_the_pool_that_reclaimed_a_node(self, aws, network, tmp_path):
+        subnets = network["subnets"][:2]
+        store = JsonFileStateStore(tmp_path / "state.json")
+        machine = GangMachine(aws["storage_options"], {1: ("reclaim", 0), 2: "finish"})
+        summary, _ = run_try(operator(network, num_nodes=2, pool_cooldown=1800), store, 1, machine)
+
+        assert [(a["outcome"], a["pool"]) for a in summary["attempts"]] == [
+            ("preempted", f"c5.xlarge@{subnets[0]}"), ("succeeded", f"c5.xlarge@{subnets[1]}")]
+        second = store.get(LEDGER_KEY)["attempts"][1]
+        assert second["pool_order"][-1] == f"c5.xlarge@{subnets[0]}"
+        assert f"c5.xlarge@{subnets[0]}: reclaimed an attempt" in second["pool_reason"]
+        gang_2 = [(i.instance_type, i.subnet_id) for i in instances_of(summary["run_key"])
+                  if aws_cloud.instance_tags(i)["spot-training:attempt"] == "2"]
+        assert gang_2 == [("c5.xlarge", subnets[1])] * 2  # both nodes of the gang in the healthy pool
+
 class TestCombineGang:
     @staticmethod
     def _status(state, **kw):
