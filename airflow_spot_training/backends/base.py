@@ -277,10 +277,7 @@ class SpotBackend(BaseModel, ABC):
                 f"{type(self).__name__}: {', '.join(unrendered)} still hold(s) Jinja; they are rendered when "
                 "the task runs (validated then)."
             )
-        try:
-            type(self).model_validate(self.model_dump())
-        except ValidationError as error:
-            raise BackendConfigError(describe_validation_error(type(self), error)) from None
+        type(self)(**{name: getattr(self, name) for name in type(self).model_fields})  # the parse-time checks
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """``(classpath, kwargs)``: JSON-safe arguments that rebuild this backend anywhere."""
@@ -326,6 +323,14 @@ class SpotBackend(BaseModel, ABC):
                 f"checkpoint_prefix {prefix!r} is {shown}, which {type(self).__name__}'s machines cannot reach: "
                 f"use {wanted}{hint}."
             )
+
+    def model_uri(self, checkpoint_prefix: str) -> str | None:
+        """Where this backend's training leaves the trained model for a run, when it has such a place.
+
+        ``None`` (the default): the model is the run's final checkpoint. A model location the cloud
+        reports for the succeeded attempt (``details["model_uri"]``) takes precedence over both.
+        """
+        return None
 
     def load_handle(self, data: Mapping[str, Any] | AttemptHandle) -> AttemptHandle:
         """This backend's typed handle, from its stored dict."""

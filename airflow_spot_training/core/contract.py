@@ -20,13 +20,15 @@ PREEMPTIONS = "SPOT_TRAINING_PREEMPTIONS"
 RUN_KEY = "SPOT_TRAINING_RUN_KEY"
 RESULT_URI = "SPOT_TRAINING_RESULT_URI"
 TOKEN = "SPOT_TRAINING_TOKEN"
+#: a committed checkpoint (a ``step-N`` directory) to warm-start from when the run's own prefix has none
+INIT_URI = "SPOT_TRAINING_INIT_URI"
 #: JSON object {ENV_NAME: secret reference}: resolved on the machine, never sent as values
 SECRETS = "SPOT_TRAINING_SECRETS"
 #: set by the folder-sync wrapper (not by backends): the local folder a training that
 #: only knows local files writes its checkpoints into; the wrapper syncs it with the prefix
 CHECKPOINT_DIR = "SPOT_TRAINING_CHECKPOINT_DIR"
 
-ALL = (CHECKPOINT_URI, ATTEMPT, CAPACITY, PREEMPTIONS, RUN_KEY, RESULT_URI, TOKEN, SECRETS)
+ALL = (CHECKPOINT_URI, ATTEMPT, CAPACITY, PREEMPTIONS, RUN_KEY, RESULT_URI, TOKEN, INIT_URI, SECRETS)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class Contract:
         record left at the same prefix by another run is never taken for this attempt's.
     :param secrets: environment variables to resolve on the machine from a secret store:
         ``{name: reference}`` (AWS Secrets Manager ARN or name, GCP Secret Manager resource).
+    :param init_uri: a committed checkpoint of an earlier run (its ``step-N`` directory) that the
+        training starts from while ``checkpoint_uri`` holds no checkpoint of its own (warm start);
+        empty for a start from scratch. The run's own checkpoints still go to ``checkpoint_uri``.
     """
 
     checkpoint_uri: str
@@ -54,6 +59,7 @@ class Contract:
     result_uri: str = ""
     token: str = ""
     secrets: Mapping[str, str] = field(default_factory=dict)
+    init_uri: str = ""
 
     def to_env(self) -> dict[str, str]:
         env = {
@@ -64,6 +70,7 @@ class Contract:
             RUN_KEY: self.run_key,
             RESULT_URI: self.result_uri,
             TOKEN: self.token,
+            INIT_URI: self.init_uri,
         }
         env.update(secret_refs_env(self.secrets))
         return env
@@ -96,6 +103,7 @@ def read_contract(environ: Mapping[str, str] | None = None) -> Contract:
         result_uri=env.get(RESULT_URI, ""),
         token=env.get(TOKEN, ""),
         secrets=json.loads(env[SECRETS]) if env.get(SECRETS) else {},
+        init_uri=env.get(INIT_URI, ""),
     )
 
 

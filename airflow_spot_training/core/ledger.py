@@ -55,6 +55,8 @@ class AttemptRecord:
     #: in-place interruptions (SageMaker) after the training's final checkpoint: they cost
     #: nothing and are not preemptions, but the backend keeps counting them
     ignored_interruptions: int = 0
+    #: where the backend put the trained model, when it says (SageMaker's ModelArtifacts)
+    model_uri: str | None = None
 
     def __post_init__(self) -> None:
         self.outcome = AttemptState(self.outcome)
@@ -130,6 +132,9 @@ class RunLedger:
     spot_wait_seconds: float = 0.0
     waiting_since: float | None = None
     prices: dict[str, float] = field(default_factory=dict)
+    #: warm start: the committed checkpoint of an earlier run this run starts from, and its step
+    init_uri: str | None = None
+    init_step: int | None = None
     version: int = LEDGER_VERSION
 
     # -- derived figures -------------------------------------------------------------
@@ -293,6 +298,8 @@ class RunLedger:
             "total_steps": self.total_steps,
             "recomputed_steps": self.recomputed_steps(),
             "deadline": self.deadline,
+            "init_uri": self.init_uri,
+            "init_step": self.init_step,
         }
 
 

@@ -30,7 +30,7 @@ class TestSpotTrainingOperatorArguments:
         assert op.deferrable is True
         assert isinstance(op.escalation_policy, ThresholdPolicy) and op.escalation_policy.max_preemptions == 3
         assert op.restart_overhead == BACKEND.default_restart_overhead
-        assert set(op.template_fields) == {"checkpoint_prefix", "deadline", "backend"}
+        assert set(op.template_fields) == {"checkpoint_prefix", "deadline", "backend", "init_from"}
 
     def test_defaults_without_a_deadline_keep_the_threshold_rule(self):
         op = make(expected_runtime=timedelta(hours=6))
