@@ -324,6 +324,10 @@ class SpotBackend(BaseModel, ABC):
                 f"use {wanted}{hint}."
             )
 
+    def input_uris(self) -> list[str]:
+        """The training's input data this backend is configured with (lineage inputs); none by default."""
+        return []
+
     def model_uri(self, checkpoint_prefix: str) -> str | None:
         """Where this backend's training leaves the trained model for a run, when it has such a place.
 

@@ -262,6 +262,7 @@ class SpotTrainingOperator(BaseOperator):
         self._inflight: tuple[LaunchRequest, threading.Thread, dict[str, Any]] | None = None
         self._killed = threading.Event()
         self._live_handle: AttemptHandle | None = None
+        self._result: dict[str, Any] | None = None  # the succeeded run's summary, for lineage
 
     # -- argument checks -------------------------------------------------------------------
     def _set_init_from(self, init_from: Any, init_from_missing: str) -> None:
@@ -1066,7 +1067,14 @@ class SpotTrainingOperator(BaseOperator):
         model_asset.emit_asset_events(context, self.outlets, summary)
         context["ti"].xcom_push(key=XCOM_LEDGER_KEY, value=summary)
         self.log.info("training finished:\n%s", format_summary(summary))
+        self._result = summary
         return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (extra ``openlineage``): the input data and warm start in, the model out."""
+        from airflow_spot_training.operators.lineage import operator_lineage
+
+        return operator_lineage(self._result, self.backend.input_uris(), self.inlets, self.outlets)
 
 
 def _finished_by(checkpoint: CheckpointInfo | None, record: AttemptRecord) -> bool:

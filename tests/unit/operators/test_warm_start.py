@@ -174,3 +174,36 @@ class TestRuntime:
     def test_the_contract_names_the_warm_start_for_every_backend(self, monkeypatch, tmp_path):
         monkeypatch.setenv("SPOT_TRAINING_INIT_URI", str(tmp_path / "old" / "step-000000000007"))
         assert CheckpointManager(str(tmp_path / "new")).init_uri.endswith("step-000000000007")
+
+
+class TestLineage:
+    def test_datasets_follow_openlineage_naming(self):
+        pytest.importorskip("airflow.providers.openlineage")
+        from airflow_spot_training.backends.sagemaker import SageMakerSpotBackend
+        from airflow_spot_training.operators.lineage import operator_lineage
+
+        backend = SageMakerSpotBackend(
+            image_uri="1.dkr.ecr.us-east-1.amazonaws.com/t:1", role_arn="arn:aws:iam::1:role/r",
+            instance_type="ml.m5.large",
+            input_data_config=[{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3Uri": "s3://data/w1/"}}}])
+        summary = {"model_uri": "s3://out/job/output/model.tar.gz", "init_uri": "s3://ck/week1/step-000000000040"}
+        lineage = operator_lineage(summary, backend.input_uris(), [], [MODEL])
+        assert [(d.namespace, d.name) for d in lineage.inputs] == [("s3://data", "w1"),
+                                                                   ("s3://ck", "week1/step-000000000040")]
+        assert [(d.namespace, d.name) for d in lineage.outputs] == [("s3://out", "job/output/model.tar.gz"),
+                                                                    ("s3://models", "weekly")]
+
+    def test_the_backend_names_the_model_when_it_has_a_place_for_it(self, tmp_path):
+        from airflow_spot_training.backends.vertex_ai import VertexAISpotBackend
+        from airflow_spot_training.core.ledger import AttemptRecord, RunLedger
+        from airflow_spot_training.operators.model_asset import model_locations
+
+        vertex = VertexAISpotBackend(region="us-central1", machine_type="n1-standard-4", image_uri="img")
+        assert vertex.model_uri("gs://b/runs/r/train/checkpoints") == "gs://b/runs/r/train/model"
+        ledger = RunLedger(run_key="k", checkpoint_prefix=str(tmp_path / "ck"))
+        ledger.attempts.append(AttemptRecord(number=1, capacity="spot", token="k-a1", try_number=1,
+                                             model_uri="s3://out/model.tar.gz"))  # what SageMaker reported
+        CheckpointManager(str(tmp_path / "ck")).save(5, {"w": b"1"}, reason="final")
+        locations = model_locations(ledger, LocalBackend(command=["true"]))
+        assert locations["model_uri"] == "s3://out/model.tar.gz"
+        assert locations["final_checkpoint_uri"].endswith("step-000000000005")
