@@ -1063,7 +1063,11 @@ class SpotTrainingOperator(BaseOperator):
                 self.log.warning("could not read the training's metrics: %s", e)
                 metrics = None
             summary["metrics"] = metrics or {}
-        summary.update(model_asset.model_locations(ledger, self.backend))
+        try:
+            summary.update(model_asset.model_locations(ledger, self.backend))
+        except Exception as e:  # the training succeeded; where its model is can be looked up by hand
+            self.log.warning("could not read the final checkpoint under %s: %s", ledger.checkpoint_prefix, e)
+            summary.update(final_checkpoint_uri=None, model_uri=self.backend.model_uri(ledger.checkpoint_prefix))
         model_asset.emit_asset_events(context, self.outlets, summary)
         context["ti"].xcom_push(key=XCOM_LEDGER_KEY, value=summary)
         self.log.info("training finished:\n%s", format_summary(summary))

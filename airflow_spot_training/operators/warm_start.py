@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from airflow_spot_training.backends.base import BackendConfigError, SpotBackend, is_template
 from airflow_spot_training.core.checkpoint_protocol import parse_step_dir
+from airflow_spot_training.operators.model_asset import is_asset
 from airflow_spot_training.runtime.checkpoint import CheckpointError, CheckpointManager, read_checkpoint
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def check_init_from(init_from: Any, init_from_missing: Any, backend: SpotBackend
             f"init_from_missing={init_from_missing!r} is invalid: give 'fail' (the task fails when the warm-start "
             "checkpoint is missing or unreadable) or 'scratch' (it starts from scratch instead)."
         )
-    if init_from is None or init_from == LAST_SUCCESS or _is_asset(init_from):
+    if init_from is None or init_from == LAST_SUCCESS or is_asset(init_from):
         return
     if not isinstance(init_from, str) or not init_from:
         raise WarmStartError(
@@ -94,7 +95,7 @@ def resolve(init_from: Any, context: Context, backend: SpotBackend) -> WarmStart
 def _source_uri(init_from: Any, context: Context) -> str:
     if init_from == LAST_SUCCESS:
         return _last_success_uri(context)
-    if _is_asset(init_from):
+    if is_asset(init_from):
         return _asset_uri(init_from, context)
     return str(init_from)
 
@@ -126,9 +127,3 @@ def _asset_uri(asset: Any, context: Context) -> str:
         "events SpotTrainingOperator emits through outlets= do). Give init_from_missing='scratch' to start from "
         "scratch until one exists."
     )
-
-
-def _is_asset(value: Any) -> bool:
-    from airflow.sdk import Asset
-
-    return isinstance(value, Asset)
