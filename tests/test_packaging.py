@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -45,8 +46,13 @@ DAG_FILE = textwrap.dedent(
 def installed(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("packaging")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # built from a copy: a build leaves an egg-info in its source tree, a second distribution for
+    # every process that has the tree on its path
+    source = work / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                                                ".mypy_cache", "tests", "benchmarks"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(work / "dist"), str(ROOT)], check=True, env=env, cwd=work, timeout=600)
+                    "-w", str(work / "dist"), str(source)], check=True, env=env, cwd=work, timeout=600)
     (wheel,) = (work / "dist").glob("airflow_spot_training-*.whl")
     target = work / "venv"
     venv.create(target, with_pip=False, system_site_packages=False)
