@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,28 @@ pytestmark = pytest.mark.e2e
 
 WEEKLY = "spot_training_weekly_retraining"
 DEPLOY = "spot_training_evaluate_and_deploy"
+#: a DAG that warm-starts from the model asset itself (init_from=Asset): its newest event's checkpoint
+FINETUNE = textwrap.dedent(
+    """
+    import sys
+
+    import pendulum
+    from airflow.sdk import DAG, Asset
+
+    from airflow_spot_training.backends.local import LocalBackend
+    from airflow_spot_training.operators.spot_training import SpotTrainingOperator
+
+    with DAG("finetune_from_the_asset", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+             tags=["e2e"]):
+        SpotTrainingOperator(
+            task_id="train",
+            backend=LocalBackend(command=[sys.executable, "-m", "airflow_spot_training.examples.retrain",
+                                          "--steps", "4", "--data-start", "finetune"]),
+            init_from=Asset("weekly_regression_model"),
+            poll_interval=0.2,
+        )
+    """
+)
 WEEKS = [("2026-01-11T00:00:00+00:00", "2026-01-04", "2026-01-11"),
          ("2026-01-18T00:00:00+00:00", "2026-01-11", "2026-01-18")]
 
@@ -35,6 +58,7 @@ def pipeline(tmp_path_factory) -> LocalAirflow:
     dags = workdir / "dags"
     dags.mkdir()
     shutil.copy(ROOT / "dags" / f"{WEEKLY}.py", dags)  # the example, as shipped
+    (dags / "finetune_from_the_asset.py").write_text(FINETUNE)
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(home),
@@ -141,3 +165,14 @@ def test_two_weeks_warm_start_their_own_data_window_and_trigger_the_deploy_dag_o
         evaluated = subprocess.run([AIRFLOW, "tasks", "test", DEPLOY, "evaluate", run["run_id"]], env=pipeline.env,
                                    capture_output=True, text=True, timeout=300, check=True)
         assert f"Returned value was: {{'model_uri': '{summary['model_uri']}'" in evaluated.stdout + evaluated.stderr
+
+
+def test_a_dag_can_warm_start_from_the_model_asset(pipeline):
+    """init_from=Asset: the checkpoint of the asset's newest event (this runs after the two weeks)."""
+    if not _returns(pipeline):  # run on its own
+        pipeline.dags_test(WEEKLY, WEEKS[0][0])
+    newest = _returns(pipeline)[-1]
+    pipeline.dags_test("finetune_from_the_asset", "2026-02-01T00:00:00+00:00")
+    summary = pipeline.xcom("finetune_from_the_asset", "return_value")
+    assert summary["init_uri"] == newest["final_checkpoint_uri"] and summary["init_step"] == newest["final_checkpoint_step"]
+    assert _starts(pipeline, summary["run_key"]) == [(newest["final_checkpoint_step"], f"warm start from {newest['final_checkpoint_uri']}")]
