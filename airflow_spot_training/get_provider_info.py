@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+INTEGRATION = "Spot Training"
+
 
 def get_provider_info() -> dict[str, Any]:
     from airflow_spot_training import __version__
@@ -14,6 +16,16 @@ def get_provider_info() -> dict[str, Any]:
         "description": "Train on spot / preemptible capacity: survive preemptions, escalate to on-demand, "
         "resume from checkpoints, finish by a deadline.",
         "versions": [__version__],
+        "integrations": [{"integration-name": INTEGRATION, "tags": ["ml", "spot", "aws", "gcp"]}],
+        "operators": [{"integration-name": INTEGRATION, "python-modules": [
+            "airflow_spot_training.operators.spot_training",
+            "airflow_spot_training.operators.ec2",
+            "airflow_spot_training.operators.sagemaker",
+            "airflow_spot_training.operators.compute_engine",
+            "airflow_spot_training.operators.vertex_ai",
+        ]}],
+        "triggers": [{"integration-name": INTEGRATION,
+                      "python-modules": ["airflow_spot_training.triggers.spot_training"]}],
         "extra-links": [
             "airflow_spot_training.links.spot_training.CheckpointLink",
             "airflow_spot_training.links.spot_training.AttemptPageLink",

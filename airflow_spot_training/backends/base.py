@@ -300,10 +300,7 @@ class SpotBackend(BaseModel, ABC):
                 f"{type(self).__name__}: {', '.join(unrendered)} still hold(s) Jinja; they are rendered when "
                 "the task runs (validated then)."
             )
-        try:
-            type(self).model_validate(self.model_dump())
-        except ValidationError as error:
-            raise BackendConfigError(describe_validation_error(type(self), error)) from None
+        type(self)(**{name: getattr(self, name) for name in type(self).model_fields})  # the parse-time checks
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """``(classpath, kwargs)``: JSON-safe arguments that rebuild this backend anywhere."""
@@ -354,6 +351,18 @@ class SpotBackend(BaseModel, ABC):
         """Refuse a gang of ``num_nodes`` this backend cannot run (:class:`BackendConfigError`, saying why)."""
         if num_nodes > 1 and not self.supports_gangs:
             raise BackendConfigError(f"{type(self).__name__} cannot launch several machines as one gang.")
+
+    def input_uris(self) -> list[str]:
+        """The training's input data this backend is configured with (lineage inputs); none by default."""
+        return []
+
+    def model_uri(self, checkpoint_prefix: str) -> str | None:
+        """Where this backend's training leaves the trained model for a run, when it has such a place.
+
+        ``None`` (the default): the model is the run's final checkpoint. A model location the cloud
+        reports for the succeeded attempt (``details["model_uri"]``) takes precedence over both.
+        """
+        return None
 
     def load_handle(self, data: Mapping[str, Any] | AttemptHandle) -> AttemptHandle:
         """This backend's typed handle, from its stored dict."""

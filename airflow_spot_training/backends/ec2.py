@@ -190,7 +190,8 @@ class EC2SpotBackend(SpotBackend):
     subnet_ids: NonEmptyStrings | None = argument(None, "subnets (one per AZ you accept) to try for each instance type")
     pools: list[dict[str, str]] | None = argument(
         None, "an explicit capacity ladder instead of instance_types x subnet_ids: a list of "
-              "{'instance_type': ..., 'subnet_id': ...} or {'instance_type': ..., 'availability_zone': ...}")
+              "{'instance_type': ..., 'subnet_id': ...} or {'instance_type': ..., 'availability_zone': ...}",
+        templated=True, example=[{"instance_type": "m5.large", "subnet_id": "subnet-00000000"}])
     launch_template: dict[str, str] | None = argument(
         None, "{'LaunchTemplateId' | 'LaunchTemplateName': ..., 'Version': ...}; explicit arguments override it")
     container_image: str | None = argument(

@@ -137,6 +137,11 @@ class SageMakerSpotBackend(SpotBackend):
 
     _hook: Any = None
 
+    def input_uris(self) -> list[str]:
+        """The ``S3Uri`` of every ``input_data_config`` channel."""
+        sources = [channel.get("DataSource", {}).get("S3DataSource", {}) for channel in self.input_data_config or []]
+        return [source["S3Uri"] for source in sources if source.get("S3Uri")]
+
     @field_validator("role_arn")
     @classmethod
     def _role(cls, value: str) -> str:

@@ -134,15 +134,18 @@ class VertexAISpotBackend(SpotBackend):
 
     region: str = argument(doc="the Vertex AI region, e.g. 'us-central1'")
     machine_type: str | None = argument(
-        None, "machine type of the single worker pool, e.g. 'n1-standard-8'", templated=True)
-    image_uri: str | None = argument(None, "the training container image", templated=True)
+        None, "machine type of the single worker pool, e.g. 'n1-standard-8'", templated=True, example="n1-standard-4")
+    image_uri: str | None = argument(None, "the training container image", templated=True,
+                                     example="us-docker.pkg.dev/project/repo/trainer:1")
     command: list[str] | None = argument(None, "the container's entrypoint override", templated=True)
     args: list[str] | None = argument(None, "the container's arguments", templated=True)
     accelerator_type: str | None = argument(None, "e.g. 'NVIDIA_TESLA_T4'; None for none")
     accelerator_count: int = argument(0, "accelerators per replica", ge=0)
     replica_count: int = argument(1, "replicas of the single worker pool", ge=1)
     worker_pool_specs: list[dict[str, Any]] | None = argument(
-        None, "full WorkerPoolSpec dicts (JSON-safe), instead of machine_type/image_uri/...")
+        None, "full WorkerPoolSpec dicts (JSON-safe), instead of machine_type/image_uri/...", templated=True,
+        example=[{"machine_spec": {"machine_type": "n1-standard-4"}, "replica_count": 1,
+                  "container_spec": {"image_uri": "us-docker.pkg.dev/project/repo/trainer:1"}}])
     env: dict[str, str] = argument(
         {}, "extra environment variables for every container (the contract is added); visible in the job "
             "spec, so pass secrets through secrets=", templated=True)
@@ -223,6 +226,10 @@ class VertexAISpotBackend(SpotBackend):
 
     def price_per_hour(self, handle: AttemptHandle | None, capacity: Capacity) -> float | None:
         return self.spot_price_per_hour if capacity is Capacity.SPOT else self.on_demand_price_per_hour
+
+    def model_uri(self, checkpoint_prefix: str) -> str | None:
+        """Vertex's ``AIP_MODEL_DIR``: ``<base output directory>/model``."""
+        return f"{base_output_directory(checkpoint_prefix).rstrip('/')}/model"
 
     # -- clients -------------------------------------------------------------------------
     def _api_endpoint(self) -> str:

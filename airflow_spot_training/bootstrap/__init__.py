@@ -65,6 +65,7 @@ def render_ec2_user_data(
         "RUN_KEY": contract.run_key,
         "RESULT_URI": contract.result_uri,
         "TOKEN": contract.token,
+        "INIT_URI": contract.init_uri,
         "COMMAND": command,
         "CONTAINER_IMAGE": container_image or "",
         "SHUTDOWN_COMMAND": shutdown_command,

@@ -20,6 +20,8 @@ PREEMPTIONS = "SPOT_TRAINING_PREEMPTIONS"
 RUN_KEY = "SPOT_TRAINING_RUN_KEY"
 RESULT_URI = "SPOT_TRAINING_RESULT_URI"
 TOKEN = "SPOT_TRAINING_TOKEN"
+#: a committed checkpoint (a ``step-N`` directory) to warm-start from when the run's own prefix has none
+INIT_URI = "SPOT_TRAINING_INIT_URI"
 #: JSON object {ENV_NAME: secret reference}: resolved on the machine, never sent as values
 SECRETS = "SPOT_TRAINING_SECRETS"
 #: set by the folder-sync wrapper (not by backends): the local folder a training that
@@ -34,7 +36,7 @@ MASTER_PORT = "SPOT_TRAINING_MASTER_PORT"
 #: the port rank 0 listens on when the backend does not choose one
 DEFAULT_MASTER_PORT = 29500
 
-ALL = (CHECKPOINT_URI, ATTEMPT, CAPACITY, PREEMPTIONS, RUN_KEY, RESULT_URI, TOKEN, SECRETS)
+ALL = (CHECKPOINT_URI, ATTEMPT, CAPACITY, PREEMPTIONS, RUN_KEY, RESULT_URI, TOKEN, INIT_URI, SECRETS)
 GANG = (NODE_RANK, NUM_NODES, MASTER_ADDR, MASTER_PORT)
 
 
@@ -62,6 +64,9 @@ class Contract:
     A gang's contract also sets the standard ``torch.distributed`` variables
     (``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), one process
     per node, so ``torch.distributed.init_process_group("gloo")`` needs no arguments.
+    :param init_uri: a committed checkpoint of an earlier run (its ``step-N`` directory) that the
+        training starts from while ``checkpoint_uri`` holds no checkpoint of its own (warm start);
+        empty for a start from scratch. The run's own checkpoints still go to ``checkpoint_uri``.
     """
 
     checkpoint_uri: str
@@ -72,6 +77,7 @@ class Contract:
     result_uri: str = ""
     token: str = ""
     secrets: Mapping[str, str] = field(default_factory=dict)
+    init_uri: str = ""
     num_nodes: int = 1
     node_rank: int = 0
     master_addr: str = ""
@@ -120,6 +126,7 @@ class Contract:
             RUN_KEY: self.run_key,
             RESULT_URI: self.result_uri,
             TOKEN: self.token,
+            INIT_URI: self.init_uri,
         }
         env.update(secret_refs_env(self.secrets))
         env.update(self.gang_env())
@@ -192,6 +199,7 @@ def read_contract(environ: Mapping[str, str] | None = None) -> Contract:
         node_rank=int(env.get(NODE_RANK) or 0),
         master_addr=env.get(MASTER_ADDR, ""),
         master_port=int(env.get(MASTER_PORT) or 0),
+        init_uri=env.get(INIT_URI, ""),
     )
 
 

@@ -64,6 +64,8 @@ class AttemptRecord:
     pool_reason: str | None = None
     #: pools the launch passed over (or, for ``capacity_unavailable``, every pool) for lack of capacity
     pools_without_capacity: list[str] = field(default_factory=list)
+    #: where the backend put the trained model, when it says (SageMaker's ModelArtifacts)
+    model_uri: str | None = None
 
     def __post_init__(self) -> None:
         self.outcome = AttemptState(self.outcome)
@@ -146,6 +148,9 @@ class RunLedger:
     prices: dict[str, float] = field(default_factory=dict)
     #: the run's spend cap (``max_cost``, ``max_on_demand_cost``, USD), as the operator was given it
     spend_cap: dict[str, float | None] | None = None
+    #: warm start: the committed checkpoint of an earlier run this run starts from, and its step
+    init_uri: str | None = None
+    init_step: int | None = None
     version: int = LEDGER_VERSION
 
     # -- derived figures -------------------------------------------------------------
@@ -338,6 +343,8 @@ class RunLedger:
             "recomputed_steps": self.recomputed_steps(),
             "deadline": self.deadline,
             "spend": self._spend_figures(now),
+            "init_uri": self.init_uri,
+            "init_step": self.init_step,
         }
 
 

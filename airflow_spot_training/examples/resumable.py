@@ -65,11 +65,11 @@ def train_one_step(state: dict[str, Any], step_seconds: float) -> dict[str, Any]
 
 
 def restore(manager: CheckpointManager) -> dict[str, Any]:
-    """The state of the newest committed checkpoint, or a fresh one.
+    """The state of the newest committed checkpoint (or of the warm start, ``init_from=``), or a fresh one.
 
     :param manager: the checkpoint manager of the contract's prefix.
     """
-    latest = manager.latest()  # never a partial checkpoint
+    latest = manager.resume_point()  # never a partial checkpoint
     if latest is None:
         return fresh_state()
     with manager.open_file(latest, STATE_FILE) as f:

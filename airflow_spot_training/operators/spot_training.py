@@ -86,6 +86,7 @@ from airflow_spot_training.core.spend import (
 from airflow_spot_training.links.spot_training import AttemptPageLink, CheckpointLink, attempt_page_links
 from airflow_spot_training.metrics import emit_ledger_changes
 from airflow_spot_training.pool_health_store import PoolHealthStore
+from airflow_spot_training.operators import model_asset, warm_start
 from airflow_spot_training.runtime.checkpoint import CheckpointError, CheckpointManager
 from airflow_spot_training.runtime.results import read_metrics, read_progress
 from airflow_spot_training.triggers.spot_training import SpotTrainingTrigger
@@ -210,9 +211,22 @@ class SpotTrainingOperator(BaseOperator):
         pools are otherwise tried longest-uptime first, from observations every task of the
         deployment shares (on-demand launches keep the configured order).
         ``0`` turns it off (the configured order). Default ``[spot_training] pool_cooldown`` (1800).
+    :param init_from: warm start: the first attempt of a run starts from a committed checkpoint of an
+        earlier run while the run's own prefix has none; its own checkpoints still go to the run's
+        prefix. A checkpoint prefix (its newest committed checkpoint) or step directory, an ``Asset``
+        (the ``checkpoint_uri`` of its newest event, e.g. this operator's own outlet), or
+        ``"last_success"`` (the final checkpoint of this task's newest earlier successful run).
+        The training sees it as ``contract.init_uri``. (templated)
+    :param init_from_missing: when the warm-start checkpoint is missing or unreadable: ``"fail"``
+        (default; nothing is launched) or ``"scratch"`` (start from scratch, with a warning).
+
+    On success the task returns its ledger summary, which names ``model_uri`` (SageMaker's model
+    artifacts, Vertex AI's model directory, the final checkpoint otherwise) and
+    ``final_checkpoint_uri``; every ``Asset`` in ``outlets=`` gets an event whose extra carries them
+    with the final step, the training's metrics, preemptions, cost and savings.
     """
 
-    template_fields: Sequence[str] = ("checkpoint_prefix", "deadline", "backend")
+    template_fields: Sequence[str] = ("checkpoint_prefix", "deadline", "backend", "init_from")
     ui_color = "#f0e4ff"
 
     def __init__(
@@ -239,6 +253,8 @@ class SpotTrainingOperator(BaseOperator):
         max_cost: float | None = None,
         max_on_demand_cost: float | None = None,
         pool_cooldown: float | timedelta | None = None,
+        init_from: Any = None,
+        init_from_missing: str = "fail",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -275,6 +291,7 @@ class SpotTrainingOperator(BaseOperator):
         self.spend_cap = self._spend_cap(max_cost, max_on_demand_cost)
         self.pool_cooldown = _seconds(pool_cooldown, "pool_cooldown")
         self._pool_health_store: PoolHealthStore | None = None
+        self._set_init_from(init_from, init_from_missing)
         if isinstance(checkpoint_prefix, str) and not is_template(checkpoint_prefix):
             self._check_prefix_shape(checkpoint_prefix)
         if return_to_spot:
@@ -290,8 +307,18 @@ class SpotTrainingOperator(BaseOperator):
         self._inflight: tuple[LaunchRequest, threading.Thread, dict[str, Any]] | None = None
         self._killed = threading.Event()
         self._live_handle: AttemptHandle | None = None
+        self._result: dict[str, Any] | None = None  # the succeeded run's summary, for lineage
 
     # -- argument checks -------------------------------------------------------------------
+    def _set_init_from(self, init_from: Any, init_from_missing: str) -> None:
+        try:
+            warm_start.check_init_from(init_from, init_from_missing, self.backend)
+        except warm_start.WarmStartError as e:
+            raise SpotTrainingConfigError(f"{self.task_id}: {e}") from e
+        self.init_from, self.init_from_missing = init_from, init_from_missing
+        if model_asset.is_asset(init_from) and init_from not in self.inlets:
+            self.inlets = [*self.inlets, init_from]  # its events reach the task as inlet_events
+
     def _policy(self, policy: EscalationPolicy | str | None,
                 max_preemptions: int | None | NotGiven) -> EscalationPolicy:
         """The policy given (an object or a name), else the default rule (see :func:`default_policy`)."""
@@ -471,6 +498,7 @@ class SpotTrainingOperator(BaseOperator):
             self._check_deadline(self.deadline)
             if self.checkpoint_prefix:
                 self._check_prefix_shape(self.checkpoint_prefix)
+            self._set_init_from(self.init_from, self.init_from_missing)
         except SpotTrainingConfigError as e:
             raise AirflowFailException(f"{e}; nothing was launched.") from e
 
@@ -525,6 +553,7 @@ class SpotTrainingOperator(BaseOperator):
             )
         else:
             ledger = self._new_ledger(ti)
+            self._warm_start(context, ledger)
         for capacity in Capacity:
             price = self.backend.price_per_hour(None, capacity)
             if price is not None:
@@ -558,6 +587,21 @@ class SpotTrainingOperator(BaseOperator):
             raise AirflowFailException(f"{e}; nothing was launched.") from e
         key = run_key(ti.dag_id, ti.run_id, ti.task_id, map_index, settings.deployment_id())
         return RunLedger(run_key=key, checkpoint_prefix=prefix)
+
+    def _warm_start(self, context: Context, ledger: RunLedger) -> None:
+        """Resolve ``init_from`` once for the run; every attempt and retry is handed the same checkpoint."""
+        if self.init_from is None:
+            return
+        try:
+            start = warm_start.resolve(self.init_from, context, self.backend)
+        except warm_start.WarmStartError as e:
+            if self.init_from_missing == "scratch":
+                self.log.warning("%s Starting from scratch (init_from_missing='scratch').", e)
+                return
+            raise AirflowFailException(f"{self.task_id}: {e} Nothing was launched.") from e
+        ledger.init_uri, ledger.init_step = start.uri, start.step
+        self.log.info("warm start: the run starts from %s (step %s); its own checkpoints go to %s",
+                      start.uri, start.step, ledger.checkpoint_prefix)
 
     def _default_prefix(self, ti: Any, map_index: int) -> str:
         base = default_checkpoint_prefix(settings.checkpoint_base_uri(), ti.dag_id, ti.run_id, ti.task_id,
@@ -700,6 +744,7 @@ class SpotTrainingOperator(BaseOperator):
                                       f"attempt-{record.number}.json"),
             token=record.token,
             num_nodes=record.nodes,
+            init_uri=ledger.init_uri or "",
         )
         labels = {
             "dag_id": ti.dag_id,
@@ -1102,6 +1147,7 @@ class SpotTrainingOperator(BaseOperator):
         counted = max(0, event.preemptions - record.ignored_interruptions)
         record.preemptions = max(counted, 1) if state is AttemptState.PREEMPTED else counted
         self._record_billing(record, event.details)
+        record.model_uri = event.details.get("model_uri") or record.model_uri
         checkpoint = self._note_evidence(ledger, record)
         if state is not AttemptState.SUCCEEDED and _finished_by(checkpoint, record):
             state, record.preemptions = AttemptState.SUCCEEDED, 0
@@ -1189,9 +1235,22 @@ class SpotTrainingOperator(BaseOperator):
                 self.log.warning("could not read the training's metrics: %s", e)
                 metrics = None
             summary["metrics"] = metrics or {}
+        try:
+            summary.update(model_asset.model_locations(ledger, self.backend))
+        except Exception as e:  # the training succeeded; where its model is can be looked up by hand
+            self.log.warning("could not read the final checkpoint under %s: %s", ledger.checkpoint_prefix, e)
+            summary.update(final_checkpoint_uri=None, model_uri=self.backend.model_uri(ledger.checkpoint_prefix))
+        model_asset.emit_asset_events(context, self.outlets, summary)
         context["ti"].xcom_push(key=XCOM_LEDGER_KEY, value=summary)
         self.log.info("training finished:\n%s", format_summary(summary))
+        self._result = summary
         return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (extra ``openlineage``): the input data and warm start in, the model out."""
+        from airflow_spot_training.operators.lineage import operator_lineage
+
+        return operator_lineage(self._result, self.backend.input_uris(), self.inlets, self.outlets)
 
 
 def _gang_backends() -> dict[str, bool]:

@@ -63,13 +63,18 @@ class CheckpointError(RuntimeError):
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A committed checkpoint: its step directory and commit record."""
+    """A committed checkpoint: its step directory and commit record.
+
+    ``warm_start`` marks a checkpoint of an earlier run (the contract's ``init_uri``) rather
+    than one under this run's own prefix.
+    """
 
     uri: str
     record: CommitRecord
     #: ranks whose shard of this step is not written yet (a gang's save returns before the
     #: other ranks have written theirs); empty once the step is committed
     pending_shards: tuple[int, ...] = ()
+    warm_start: bool = False
 
     @property
     def committed(self) -> bool:
@@ -103,6 +108,9 @@ class CheckpointManager:
         contract (0 on a single node).
     :param num_shards: the gang's size, one shard per rank; default: ``SPOT_TRAINING_NUM_NODES``
         from the contract (1: single-node checkpoints, as before).
+    :param init_uri: a committed checkpoint of an earlier run (its ``step-N`` directory) to
+        warm-start from while this prefix holds none; default: ``SPOT_TRAINING_INIT_URI`` from
+        the environment contract (set by the operator's ``init_from=``).
 
     Progress: :meth:`should_save` (called after every step in the usual loop) and
     :meth:`save` record the step the training has reached under
@@ -123,6 +131,7 @@ class CheckpointManager:
         progress_every_seconds: float | None = None,
         rank: int | None = None,
         num_shards: int | None = None,
+        init_uri: str | None = None,
     ) -> None:
         if keep_last is not None and keep_last < 1:
             raise ValueError(f"keep_last must be 1 or more (or None to keep all), got {keep_last}")
@@ -132,7 +141,8 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.every_steps = every_steps
         self.every_seconds = every_seconds
-        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **self.storage_options)
         self.root = self.root.rstrip("/")
         self._last_save_time = time.monotonic()
         self._last_save_step: int | None = None
@@ -142,6 +152,7 @@ class CheckpointManager:
         self.progress_every_seconds = _progress_period(progress_every_seconds, self._is_local())
         self._progress_step: int | None = None
         self._progress_written_at = float("-inf")
+        self.init_uri = init_uri if init_uri is not None else (os.environ.get(spot_contract.INIT_URI) or None)
         self.rank = rank if rank is not None else _env_int(spot_contract.NODE_RANK, 0)
         self.num_shards = num_shards if num_shards is not None else _env_int(spot_contract.NUM_NODES, 1)
         if not 0 <= self.rank < max(1, self.num_shards):
@@ -223,9 +234,31 @@ class CheckpointManager:
                 return Checkpoint(self._uri_of(self._path(step_dir_name(step))), record)
         return None
 
+    def resume_point(self) -> Checkpoint | None:
+        """Where a training (re)starts: the newest committed checkpoint of this prefix, else the
+        warm-start checkpoint (``init_uri``), else ``None`` (a fresh start).
+
+        Raise :class:`CheckpointError` when a warm start is asked for and its checkpoint cannot be read.
+        """
+        return self.latest() or self.warm_start()
+
+    def warm_start(self) -> Checkpoint | None:
+        """The warm-start checkpoint named by ``init_uri``; ``None`` when there is none to use."""
+        if not self.init_uri:
+            return None
+        return read_checkpoint(self.init_uri, self.storage_options)
+
+    def _step_location(self, checkpoint: Checkpoint) -> tuple[Any, str]:
+        """(filesystem, path) of a checkpoint's step directory: this prefix's, or a warm start's own."""
+        if not checkpoint.warm_start:
+            return self.fs, self._path(step_dir_name(checkpoint.step))
+        fs, path = fsspec.core.url_to_fs(checkpoint.uri, **self.storage_options)
+        return fs, path.rstrip("/")
+
     def open_file(self, checkpoint: Checkpoint, name: str) -> IO[bytes]:
         """Open a payload file of ``checkpoint``; of a gang's step, this rank's own shard's file."""
-        return self.fs.open(self._path(step_dir_name(checkpoint.step), self._own_name(checkpoint, name)), "rb")
+        fs, step_path = self._step_location(checkpoint)
+        return fs.open(posixpath.join(step_path, self._own_name(checkpoint, name)), "rb")
 
     def _own_name(self, checkpoint: Checkpoint, name: str) -> str:
         """``name`` as stored in ``checkpoint``: under this rank's shard folder when the step is sharded."""
@@ -474,7 +507,7 @@ class CheckpointManager:
 
     def download(self, checkpoint: Checkpoint, local_dir: str) -> list[str]:
         """Copy a committed checkpoint's payload files into ``local_dir``; return the local paths."""
-        step_path = self._path(step_dir_name(checkpoint.step))
+        fs, step_path = self._step_location(checkpoint)
         written = []
         own = self._own_name(checkpoint, "")
         for name in checkpoint.record.files:
@@ -483,7 +516,7 @@ class CheckpointManager:
                 continue  # another rank's shard
             target = os.path.join(local_dir, *name[len(own):].split("/"))
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            self.fs.get_file(posixpath.join(step_path, name), target)
+            fs.get_file(posixpath.join(step_path, name), target)
             written.append(target)
         return written
 
@@ -555,6 +588,26 @@ class CheckpointManager:
                 "Point checkpoint_prefix (or [spot_training] checkpoint_base_uri) at a location "
                 "the workers and the training can write to."
             ) from e
+
+
+def read_checkpoint(uri: str, storage_options: dict[str, Any] | None = None) -> Checkpoint:
+    """The committed checkpoint whose step directory is ``uri`` (``<prefix>/step-N``), as a warm start.
+
+    Raise :class:`CheckpointError` naming the URI when it is not a committed checkpoint
+    (no commit record, a malformed one, or a payload file missing).
+    """
+    prefix, _, name = uri.rstrip("/").rpartition("/")
+    step = parse_step_dir(name)
+    if step is None or not prefix:
+        raise CheckpointError(f"warm-start checkpoint {uri!r} is not a checkpoint step directory "
+                              "(<prefix>/step-NNNNNNNNNNNN); give a step directory or a checkpoint prefix.")
+    manager = CheckpointManager(prefix, keep_last=None, storage_options=storage_options, attempt=0, token="",
+                                init_uri="")
+    record = manager._read_commit(step)
+    if record is None:
+        raise CheckpointError(f"warm-start checkpoint {uri!r} has no valid commit record (missing, malformed, or "
+                              "a payload file is gone); it cannot be started from.")
+    return Checkpoint(manager._uri_of(manager._path(step_dir_name(step))), record, warm_start=True)
 
 
 def _progress_period(configured: float | None, local: bool) -> float:

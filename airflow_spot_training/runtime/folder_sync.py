@@ -278,8 +278,8 @@ class FolderUploader:
 
 
 def restore_newest(manager: CheckpointManager, folder: str) -> tuple[Checkpoint | None, list[str]]:
-    """Put the newest committed checkpoint's entries into ``folder``, marked finished."""
-    latest = manager.latest()
+    """Put the newest committed checkpoint's entries (or the warm start's) into ``folder``, marked finished."""
+    latest = manager.resume_point()
     if latest is None:
         return None, []
     staging = os.path.join(folder, STATE_DIR, f"restore-{uuid.uuid4().hex}")

@@ -180,8 +180,11 @@ class TorchCheckpointer:
         return in_flight.result() if in_flight is not None else None
 
     def restore(self) -> Resumed:
-        """Load the newest committed checkpoint into the model, optimizer, ... ; a fresh start if none."""
-        checkpoint = self.manager.latest()
+        """Load the newest committed checkpoint into the model, optimizer, ... ; a fresh start if none.
+
+        With no checkpoint under its own prefix, a run with a warm start (``init_from=``) loads that one.
+        """
+        checkpoint = self.manager.resume_point()
         if checkpoint is None:
             return Resumed()
         if checkpoint.record.fingerprint not in (None, self.fingerprint):
@@ -211,5 +214,7 @@ def incompatible_message(checkpoint: Checkpoint, saved: dict[str, Any], current:
     return (
         f"refusing to resume from the checkpoint at step {checkpoint.step} ({checkpoint.uri}): it was written "
         f"with a different configuration ({details or 'fingerprint differs'}). Restore the original "
-        "configuration, or give the task a new checkpoint_prefix to start from scratch."
+        "configuration, or give the task a new checkpoint_prefix to start from scratch"
+        + (" (this is a warm start: give init_from= a checkpoint of the same configuration, or leave it out)."
+           if checkpoint.warm_start else ".")
     )

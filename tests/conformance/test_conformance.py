@@ -495,3 +495,26 @@ def test_an_ec2_training_ships_its_output_to_cloudwatch_redacted_on_the_machine(
     assert "step 1 loss 1.0000" in shipped and "training exited with code 1" in shipped
     assert LEAKED_KEY not in shipped and "hunter2-db-password" not in shipped  # masked before it left
     assert_nothing_left(cloud)
+
+
+@pytest.mark.parametrize("cloud", backends("warm_start"), indirect=True)
+def test_a_warm_start_begins_at_the_previous_runs_final_checkpoint_and_commits_to_its_own_prefix(
+        cloud: Cloud) -> None:
+    """init_from= reaches the training through the contract on every backend (SPOT_TRAINING_INIT_URI)."""
+    first = TaskRun(run_id="scheduled__2026-01-04T00:00:00+00:00").run_try(
+        cloud.operator(Training(steps=8, every=4), cloud.prefix("week1")))
+    assert first.error is None, first.error
+    logs_of_week1 = len(cloud.logs())
+    second = TaskRun(run_id="scheduled__2026-01-11T00:00:00+00:00").run_try(
+        cloud.operator(Training(steps=12, every=4), cloud.prefix("week2"), init_from=cloud.prefix("week1")))
+
+    assert second.error is None, second.error
+    summary = second.result
+    assert summary["init_uri"] == first.result["final_checkpoint_uri"] and summary["init_step"] == 8
+    assert attempts(summary) == [("spot", "succeeded")]
+    week2 = cloud.logs()[logs_of_week1:]
+    assert set(executed_steps(week2)) == set(range(9, 13))  # started at week 1's step 8, not from scratch
+    assert any("starting at step 8" in text for text in week2)
+    assert summary["final_checkpoint_step"] == 12 and "week2" in summary["final_checkpoint_uri"]
+    assert first.result["final_checkpoint_uri"].endswith("step-000000000008")  # week 1's model is untouched
+    assert_nothing_left(cloud)

@@ -37,9 +37,22 @@ class TI:
     map_index: int = -1
     try_number: int = 1
     xcoms: dict[str, Any] = field(default_factory=dict)
+    #: return values of this task in earlier runs, oldest first (what ``include_prior_dates`` reaches)
+    earlier_returns: list[Any] = field(default_factory=list)
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcoms[key] = json.loads(json.dumps(value))
+
+    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", include_prior_dates: bool = False,
+                  *, map_indexes: Any = None, default: Any = None) -> Any:
+        """This run's XCom of the task, else (with ``include_prior_dates``) the newest earlier run's."""
+        if task_ids not in (None, self.task_id):
+            return default
+        if key in self.xcoms:
+            return self.xcoms[key]
+        if include_prior_dates and key == "return_value" and self.earlier_returns:
+            return self.earlier_returns[-1]
+        return default
 
 
 @dataclass
@@ -50,8 +63,13 @@ class TaskRun:
     ti: TI = field(default_factory=TI)
     deferrals: list[Any] = field(default_factory=list)
 
+    extra_context: dict[str, Any] = field(default_factory=dict)
+
     def context(self) -> dict[str, Any]:
-        return {"ti": self.ti, "task_state_store": self.store}
+        from airflow.sdk.execution_time.context import OutletEventAccessors
+
+        self.extra_context.setdefault("outlet_events", OutletEventAccessors())  # Airflow's own, per try
+        return {"ti": self.ti, "task_state_store": self.store, **self.extra_context}
 
     def new_try(self) -> None:
         self.ti.try_number += 1
@@ -62,7 +80,9 @@ class TaskRun:
         method, kwargs = operator.execute, {}
         for _ in range(max_deferrals):
             try:
-                return method(self.context(), **kwargs)
+                result = method(self.context(), **kwargs)
+                self.ti.xcoms["return_value"] = json.loads(json.dumps(result))
+                return result
             except TaskDeferred as deferred:
                 self.deferrals.append(deferred.trigger)
                 event = asyncio.run(_first_event(deferred.trigger))

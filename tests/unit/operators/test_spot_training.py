@@ -30,7 +30,7 @@ class TestSpotTrainingOperatorArguments:
         assert op.deferrable is True
         assert isinstance(op.escalation_policy, ThresholdPolicy) and op.escalation_policy.max_preemptions == 3
         assert op.restart_overhead == BACKEND.default_restart_overhead
-        assert set(op.template_fields) == {"checkpoint_prefix", "deadline", "backend"}
+        assert set(op.template_fields) == {"checkpoint_prefix", "deadline", "backend", "init_from"}
 
     def test_defaults_without_a_deadline_keep_the_threshold_rule(self):
         op = make(expected_runtime=timedelta(hours=6))
@@ -127,3 +127,22 @@ def test_default_checkpoint_prefix_keeps_distinct_run_ids_distinct():
 def test_default_checkpoint_prefix_refuses_dot_components(run_id):
     with pytest.raises(SpotTrainingConfigError, match="cannot be a path component"):
         default_checkpoint_prefix("/x", "d", run_id, "t", -1)
+
+
+class TestDefaultDeferrable:
+    """deferrable=True stays the default; a deployment without a triggerer turns it off in [spot_training]."""
+
+    def test_deferrable_by_default(self, monkeypatch):
+        monkeypatch.delenv("AIRFLOW__SPOT_TRAINING__DEFAULT_DEFERRABLE", raising=False)
+        assert make().deferrable is True
+
+    def test_the_config_turns_it_off_for_every_task_that_does_not_say(self, monkeypatch):
+        monkeypatch.setenv("AIRFLOW__SPOT_TRAINING__DEFAULT_DEFERRABLE", "false")
+        assert make().deferrable is False
+        assert make(deferrable=True).deferrable is True
+
+    def test_the_config_option_is_declared_in_the_provider_info(self):
+        from airflow_spot_training.get_provider_info import get_provider_info
+
+        option = get_provider_info()["config"]["spot_training"]["options"]["default_deferrable"]
+        assert option["type"] == "boolean" and option["default"] == "True"
