@@ -381,6 +381,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     if not summary["escalations"]:
         lines.append("escalation:         none")
     lines.append(f"checkpoint prefix:  {summary['checkpoint_prefix']}")
+    if summary.get("init_uri"):
+        lines.append(f"warm start:         {summary['init_uri']} (step {summary.get('init_step')})")
+    nodes = sorted({a.get("nodes", 1) for a in summary["attempts"]})
+    if nodes and nodes != [1]:
+        lines.append(f"nodes per attempt:  {', '.join(map(str, nodes))} (billed as node-seconds)")
     step, total = summary.get("final_checkpoint_step"), summary.get("total_steps")
     lines.append(f"final checkpoint:   step {step}" + (f" / {total}" if total else ""))
     lines.append(f"recomputed steps:   {summary.get('recomputed_steps', 0)}")

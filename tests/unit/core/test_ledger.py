@@ -66,3 +66,13 @@ class TestRunLedger:
         for needle in ("preemptions:        2", "before attempt 3 to on_demand", "checkpoint prefix:  /ck",
                        "recomputed steps:   10", "final_loss:         0.25", "savings:"):
             assert needle in text
+        assert "warm start:" not in text and "nodes per attempt:" not in text
+
+    def test_format_summary_names_a_warm_start_and_a_gang(self):
+        led = _ledger()
+        led.init_uri, led.init_step = "/ck-last-week/step-000000000060", 60
+        for attempt in led.attempts:
+            attempt.nodes = 2
+        text = format_summary(led.summary(now=7200))
+        assert "warm start:         /ck-last-week/step-000000000060 (step 60)" in text
+        assert "nodes per attempt:  2 (billed as node-seconds)" in text
