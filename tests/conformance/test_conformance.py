@@ -246,6 +246,9 @@ def test_polling_that_fails_past_its_limit_never_leaves_two_attempts_running(
     first = run.run_try(cloud.operator(training, cloud.prefix()), on_defer=api_goes_down)
     assert first.error is not None
     cloud.status_api_down = False
+    # Airflow retries after retry_delay (minutes): a machine whose job, VM or instance the first
+    # try stopped has finished going away by then (a cancelled job's container gets its grace)
+    wait_until(lambda: cloud.live_processes() <= cloud.live_resources(), what="the stopped attempt's machine ended")
     second = run.run_try(cloud.operator(training, cloud.prefix()), until_deferral=1)
 
     assert second.parked is not None, second.error
