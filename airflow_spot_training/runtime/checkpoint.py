@@ -199,8 +199,9 @@ class CheckpointManager:
     def _read_commit(self, step: int) -> CommitRecord | None:
         path = self._path(step_dir_name(step), COMMIT_FILE)
         try:
-            with self.fs.open(path, "rb") as f:
-                record = CommitRecord.from_json(f.read())
+            # one GET of what is there now: a file object would check it against fsspec's cached
+            # listing (its ETag on S3) and fail if another writer's PUT came in between
+            record = CommitRecord.from_json(self.fs.cat_file(path))
         except FileNotFoundError:
             return None
         except (ValueError, TypeError, KeyError, AttributeError) as e:
