@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import resource
 import socket
@@ -53,33 +54,104 @@ def peak_rss_mb() -> float:
 # =========================================================================================
 # worker: one side, one N
 # =========================================================================================
-def build_triggers(side: str, instance_ids: list[str], interval: float) -> list[Any]:
-    if side == "peer":
-        from airflow.providers.amazon.aws.triggers.ec2 import EC2StateSensorTrigger
+def peer_triggers(instance_ids: list[str], interval: float) -> list[Any]:
+    from airflow.providers.amazon.aws.triggers.ec2 import EC2StateSensorTrigger
 
-        return [EC2StateSensorTrigger(instance_id=i, target_state="terminated", aws_conn_id="aws_default",
-                                      region_name=REGION, poll_interval=interval) for i in instance_ids]
-    from airflow_spot_training.backends.ec2 import EC2SpotBackend
+    return [EC2StateSensorTrigger(instance_id=i, target_state="terminated", aws_conn_id="aws_default",
+                                  region_name=REGION, poll_interval=interval) for i in instance_ids]
+
+
+def our_triggers(instance_ids: list[str], interval: float) -> list[Any]:
+    """Triggers for instances launched in bulk (not through an operator), as the operator defers them."""
+    from airflow_spot_training.backends.ec2 import EC2Handle, EC2SpotBackend
     from airflow_spot_training.triggers.spot_training import SpotTrainingTrigger
 
     classpath, kwargs = EC2SpotBackend("train", image_id="ami-0", instance_types=["c5.large"], region_name=REGION,
                                        describe_interval=interval).serialize()
     return [SpotTrainingTrigger(
         backend_classpath=classpath, backend_kwargs=kwargs, attempt=1, poll_interval=interval,
-        progress_log_interval=3600, checkpoint_prefix=f"s3://bench/ckpt/{i}",
-        handle={"instance_id": i, "token": i, "attempt": 1, "capacity": "spot", "launched_at": time.time(),
-                "result_uri": f"s3://bench/ckpt/{i}/_results/attempt-1.json"},
+        progress_log_interval=3600, checkpoint_prefix=f"s3://bench/ckpt/{i}", version=2,
+        handle=EC2Handle(backend="ec2", instance_id=i, token=i, attempt=1, capacity="spot", launched_at=time.time(),
+                         region=REGION, result_uri=f"s3://bench/ckpt/{i}/_results/attempt-1.json").to_dict(),
     ) for i in instance_ids]
 
 
+class Training:
+    """One sampled training driven through the real operator: its first try launches and defers,
+    and on its trigger's event ``execute_complete`` runs to the next launch request."""
+
+    def __init__(self, number: int, image_id: str, interval: float) -> None:
+        from airflow_spot_training.operators.ec2 import EC2SpotTrainingOperator
+        from tests.spot_harness import JsonFileStateStore, TryInstance
+
+        self.ti = TryInstance(1, run_id=f"bench__{number}")
+        self.context: dict[str, Any] = {"ti": self.ti, "task_state_store": JsonFileStateStore(
+            Path(tempfile.mkdtemp()) / "state.json")}
+        self.operator = EC2SpotTrainingOperator(
+            task_id="train", command="true", image_id=image_id, instance_types=["c5.large"], region_name=REGION,
+            checkpoint_prefix=f"s3://bench/ckpt/sampled-{number}", poll_interval=interval,
+            progress_log_interval=3600, max_preemptions=10)
+        self.launch_requested: list[float] = []
+        launch = self.operator.backend.launch
+
+        def timed_launch(request: Any) -> Any:  # instrument only: when the operator asks for a launch
+            self.launch_requested.append(time.monotonic())
+            return launch(request)
+
+        object.__setattr__(self.operator.backend, "launch", timed_launch)
+
+    def start(self) -> Any:
+        """The first try up to its deferral; the trigger, rebuilt from ``serialize()`` as a triggerer does."""
+        from airflow.sdk.exceptions import TaskDeferred
+
+        from tests.spot_harness import rebuild
+
+        try:
+            self.operator.execute(self.context)
+        except TaskDeferred as deferred:
+            return rebuild(deferred.trigger)
+        raise RuntimeError("the operator did not defer")
+
+    def resume(self, payload: dict[str, Any]) -> float:
+        """``execute_complete`` with the trigger's event: seconds from its start to the next launch request."""
+        from airflow.sdk.exceptions import TaskDeferred
+
+        started = time.monotonic()
+        try:
+            self.operator.execute_complete(self.context, payload)
+        except TaskDeferred:  # the new attempt launched and deferred again
+            pass
+        if len(self.launch_requested) != 2:
+            raise RuntimeError(f"expected one relaunch, saw {len(self.launch_requested) - 1}")
+        return self.launch_requested[1] - started
+
+
+def peer_relaunch_seconds(image_id: str) -> float:
+    """The peer's way to relaunch after its sensor fired: EC2CreateInstanceOperator.execute, timed whole."""
+    from airflow.providers.amazon.aws.operators.ec2 import EC2CreateInstanceOperator
+
+    from tests.spot_harness import TryInstance
+
+    started = time.monotonic()
+    EC2CreateInstanceOperator(task_id="relaunch", image_id=image_id, region_name=REGION,
+                              config={"InstanceType": "c5.large"}).execute({"ti": TryInstance(1)})
+    return time.monotonic() - started
+
+
+def cpu_seconds_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run_side(side: str, triggers: list[Any], interval: float, window: int, count_file: Path,
-                   reclaim: Any) -> dict[str, Any]:
+                   reclaim: Any, server_pid: int) -> dict[str, Any]:
     events: dict[int, float] = {}
+    payloads: dict[int, dict[str, Any]] = {}
     detected: dict[int, float] = {}
     polls = [0]
 
     def timed_poll(k: int, poll: Any) -> Any:
-        async def wrapper(handle: dict[str, Any]) -> Any:
+        async def wrapper(handle: Any) -> Any:
             status = await poll(handle)
             polls[0] += 1
             if status.is_final and k not in detected:
@@ -87,22 +159,20 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
             return status
         return wrapper
 
-    if side == "ours":  # instrument only: when the backend saw the reclaim, before the final checkpoint read
+    if side == "ours":  # instrument only: when the backend's poll returned the reclaim to the trigger
         for k, trigger in enumerate(triggers):
-            trigger.backend.poll = timed_poll(k, trigger.backend.poll)
+            object.__setattr__(trigger.backend, "poll", timed_poll(k, trigger.backend.poll))
 
     async def watch(k: int, trigger: Any) -> None:
-        async for _ in trigger.run():
+        async for event in trigger.run():
             events[k] = time.monotonic()
+            payloads[k] = event.payload
             return
 
     rss_before = peak_rss_mb()
     started = time.monotonic()
     tasks = [asyncio.ensure_future(watch(k, t)) for k, t in enumerate(triggers)]
-    # warm-up: clients created, pollers in step, and each of our triggers' first progress line done
-    # (at 2 poll intervals it reads the checkpoint prefix: N listings at once when N triggers start
-    # together), so the window measures steady-state polling
-    await asyncio.sleep(3 * interval)
+    await asyncio.sleep(2 * interval)  # warm-up: clients created, pollers in step
     if side == "ours":
         for _ in range(40):
             before = polls[0]
@@ -111,8 +181,10 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
                 break
     warmup_s = time.monotonic() - started
     calls0, cpu0, t0, polls0 = count_file.stat().st_size, time.process_time(), time.monotonic(), polls[0]
+    moto0 = cpu_seconds_of(server_pid)
     await asyncio.sleep(window * interval)
     calls1, cpu1, t1, polls1 = count_file.stat().st_size, time.process_time(), time.monotonic(), polls[0]
+    moto1 = cpu_seconds_of(server_pid)
     # a status check is one trigger learning its instance's state: one DescribeInstances for the peer
     checks = (polls1 - polls0) if side == "ours" else (calls1 - calls0)
     rss_running = peak_rss_mb()
@@ -120,9 +192,7 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
     reclaim_started = time.monotonic()
     await asyncio.to_thread(reclaim)
     reclaimed_at = time.monotonic()  # every instance is terminated once the call returns
-    await asyncio.wait_for(asyncio.gather(*tasks), timeout=max(600.0, 20 * interval))
-    latencies = sorted(events[k] - reclaimed_at for k in range(len(triggers)))
-    seen = sorted(detected[k] - reclaimed_at for k in detected)
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=max(900.0, 20 * interval))
     intervals = (t1 - t0) / interval
     n = len(triggers)
     return {
@@ -130,8 +200,10 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
         "n": n,
         "interval_s": interval,
         "describe_calls_per_interval": round((calls1 - calls0) / intervals, 2),
+        "describe_calls_target": math.ceil(n / 1000),
         "cpu_s_per_trigger_per_interval": (cpu1 - cpu0) / intervals / n,
         "cpu_s_window": round(cpu1 - cpu0, 3),
+        "moto_cpu_s_per_interval": round((moto1 - moto0) / intervals, 3),
         "status_checks_per_trigger_per_interval": round(checks / intervals / n, 3),
         "cpu_ms_per_status_check": round((cpu1 - cpu0) / max(checks, 1) * 1000, 3),
         "peak_rss_mb_per_trigger": round(max(0.0, rss_running - rss_before) / n, 4),
@@ -139,17 +211,40 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
         "events_before_reclaim": early,
         "warmup_s": round(warmup_s, 1),
         "reclaim_call_s": round(reclaimed_at - reclaim_started, 3),
-        "reclaim_to_event_s": _spread(latencies),
-        "reclaim_to_detection_s": _spread(seen) if seen else None,
+        "reclaim_to_event_s": _spread([events[k] - reclaimed_at for k in range(n)]),
+        "reclaim_to_detection_s": _spread([detected[k] - reclaimed_at for k in detected]) if detected else None,
+        "event_latency_by_trigger": [events[k] - reclaimed_at for k in range(n)],
+        "payloads": payloads,
     }
 
 
 def _spread(values: list[float]) -> dict[str, float]:
+    values = sorted(values)
     return {"median": round(statistics.median(values), 3), "p95": round(values[int(0.95 * (len(values) - 1))], 3),
             "max": round(values[-1], 3)}
 
 
-def worker(side: str, n: int, interval: float, window: int) -> dict[str, Any]:
+def relaunch_latencies(side: str, result: dict[str, Any], trainings: list[Training], image_id: str,
+                       sample: int) -> None:
+    """Reclaim -> next launch request, for the sampled trainings: each one's event latency (measured in the
+    triggerer, all N together) plus its worker's path from the event to the launch request (run one at a
+    time, as each task's own worker would run it)."""
+    latency = result.pop("event_latency_by_trigger")
+    payloads = result.pop("payloads")
+    paths: list[float] = []
+    if side == "ours":
+        for k, training in enumerate(trainings):
+            paths.append(training.resume(payloads[k]))
+        sampled = [latency[k] + paths[k] for k in range(len(trainings))]
+    else:
+        paths = [peer_relaunch_seconds(image_id) for _ in range(min(sample, len(latency)))]
+        sampled = [latency[k] + paths[k] for k in range(len(paths))]
+    result["event_to_launch_request_s"] = _spread(paths)
+    result["reclaim_to_launch_request_s"] = _spread(sampled)
+    result["relaunch_sample"] = len(sampled)
+
+
+def worker(side: str, n: int, interval: float, window: int, sample: int) -> dict[str, Any]:
     port = free_port()
     count_file = Path(tempfile.mkdtemp()) / "describe-calls"
     count_file.touch()
@@ -173,7 +268,11 @@ def worker(side: str, n: int, interval: float, window: int) -> dict[str, Any]:
         ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint)
         boto3.client("s3", region_name=REGION, endpoint_url=endpoint).create_bucket(Bucket="bench")
         image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-        ids: list[str] = []
+        # the sampled trainings launch through the operator first (its token lookup is cheap while the
+        # account is small); the rest are launched in bulk and watched by the same triggers
+        trainings = [Training(k, image, interval) for k in range(min(sample, n))] if side == "ours" else []
+        sampled_triggers = [training.start() for training in trainings]
+        ids: list[str] = [trigger.attempt_handle.instance_id for trigger in sampled_triggers]
         while len(ids) < n:
             batch = min(250, n - len(ids))
             launched = ec2.run_instances(ImageId=image, MinCount=batch, MaxCount=batch, InstanceType="c5.large")
@@ -183,8 +282,13 @@ def worker(side: str, n: int, interval: float, window: int) -> dict[str, Any]:
             for start in range(0, len(ids), 1000):
                 ec2.terminate_instances(InstanceIds=ids[start:start + 1000])
 
-        triggers = build_triggers(side, ids, interval)
-        return asyncio.run(run_side(side, triggers, interval, window, count_file, reclaim))
+        if side == "ours":
+            triggers = sampled_triggers + our_triggers(ids[len(sampled_triggers):], interval)
+        else:
+            triggers = peer_triggers(ids, interval)
+        result = asyncio.run(run_side(side, triggers, interval, window, count_file, reclaim, server.pid))
+        relaunch_latencies(side, result, trainings, image, sample)
+        return result
     finally:
         if server.stdin:
             server.stdin.close()
@@ -194,29 +298,50 @@ def worker(side: str, n: int, interval: float, window: int) -> dict[str, Any]:
 # =========================================================================================
 # the command
 # =========================================================================================
+NAMES = {"ours": "SpotTrainingTrigger (ec2)", "peer": "EC2StateSensorTrigger"}
+COLUMNS = [
+    ("N", lambda r: str(r["n"])),
+    ("trigger", lambda r: NAMES[r["side"]]),
+    ("reclaim -> detection (s)", lambda r: _cell(r.get("reclaim_to_detection_s")) if r["side"] == "ours" else "= event"),
+    ("reclaim -> event (s)", lambda r: _cell(r["reclaim_to_event_s"])),
+    ("event -> launch request (s)", lambda r: _cell(r["event_to_launch_request_s"])),
+    ("reclaim -> launch request (s)", lambda r: _cell(r["reclaim_to_launch_request_s"])),
+    ("DescribeInstances / interval (target)", lambda r: f"{r['describe_calls_per_interval']} "
+                                                        f"({r['describe_calls_target']})"),
+    ("CPU ms / trigger / interval", lambda r: f"{r['cpu_s_per_trigger_per_interval'] * 1000:.3f}"),
+    ("checks / trigger / interval", lambda r: str(r["status_checks_per_trigger_per_interval"])),
+    ("moto CPU s / interval", lambda r: str(r["moto_cpu_s_per_interval"])),
+]
+
+
+def _cell(spread: dict[str, float] | None) -> str:
+    return f"{spread['median']:.2f} / {spread['p95']:.2f} / {spread['max']:.2f}" if spread else "-"
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    head = (f"| {'N':>5} | {'trigger':<26} | {'DescribeInstances / interval':>28} | {'CPU ms / trigger / interval':>27} "
-            f"| {'checks / trigger / interval':>27} | {'CPU ms / check':>14} "
-            f"| {'peak RSS KiB / trigger':>22} | {'reclaim -> event median / p95 / max (s)':>39} "
-            f"| {'reclaim -> detection median / max (s)':>37} |")
-    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
-    names = {"ours": "SpotTrainingTrigger (ec2)", "peer": "EC2StateSensorTrigger"}
-    for r in results:
-        lat = r["reclaim_to_event_s"]
-        lines.append(
-            f"| {r['n']:>5} | {names[r['side']]:<26} | {r['describe_calls_per_interval']:>28} "
-            f"| {r['cpu_s_per_trigger_per_interval'] * 1000:>27.3f} "
-            f"| {r['status_checks_per_trigger_per_interval']:>27} | {r['cpu_ms_per_status_check']:>14} "
-            f"| {r['peak_rss_mb_per_trigger'] * 1024:>22.1f} "
-            f"| {lat['median']:>11} / {lat['p95']} / {lat['max']:<17} "
-            f"| {_detection(r):>37} |"
-        )
+    """The results as a Markdown table: latencies are median / p95 / max."""
+    rows = [[title for title, _ in COLUMNS]] + [[cell(r) for _, cell in COLUMNS] for r in results]
+    widths = [max(len(row[c]) for row in rows) for c in range(len(COLUMNS))]
+    lines = ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
 
-def _detection(result: dict[str, Any]) -> str:
-    seen = result.get("reclaim_to_detection_s")
-    return f"{seen['median']} / {seen['max']}" if seen else "= event"
+def cpu_ratio(results: list[dict[str, Any]]) -> list[str]:
+    """Per N: our CPU per trigger as a share of the peer's, and our worst relaunch beyond the interval."""
+    lines = []
+    for n in sorted({r["n"] for r in results}):
+        by_side = {r["side"]: r for r in results if r["n"] == n}
+        ours, peer = by_side.get("ours"), by_side.get("peer")
+        if ours is None:
+            continue
+        beyond = ours["reclaim_to_launch_request_s"]["max"] - ours["interval_s"]
+        line = f"N={n}: relaunch request at most {beyond:+.2f} s beyond the poll interval (target <= +1 s)"
+        if peer is not None:
+            share = ours["cpu_s_per_trigger_per_interval"] / peer["cpu_s_per_trigger_per_interval"]
+            line += f"; CPU per trigger {share:.3f} of the peer's (target <= 0.2)"
+        lines.append(line)
+    return lines
 
 
 def main() -> int:
@@ -224,12 +349,14 @@ def main() -> int:
     parser.add_argument("--n", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--window", type=int, default=3, help="poll intervals measured")
+    parser.add_argument("--sample", type=int, default=100,
+                        help="trainings per side driven through the operator to their next launch request")
     parser.add_argument("--sides", nargs="+", default=["ours", "peer"], choices=["ours", "peer"])
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", choices=["ours", "peer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.n[0], args.interval, args.window)))
+        print(json.dumps(worker(args.worker, args.n[0], args.interval, args.window, args.sample)))
         return 0
     results = []
     for n in args.n:
@@ -237,7 +364,7 @@ def main() -> int:
             print(f"==> N={n} {side} ...", file=sys.stderr, flush=True)
             out = subprocess.run(
                 [sys.executable, "-m", "benchmarks.ec2_triggers", "--worker", side, "--n", str(n),
-                 "--interval", str(args.interval), "--window", str(args.window)],
+                 "--interval", str(args.interval), "--window", str(args.window), "--sample", str(args.sample)],
                 cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
                 capture_output=True, text=True, check=False)
             if out.returncode != 0:
@@ -246,6 +373,7 @@ def main() -> int:
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(table(results))
+    print("\n".join(cpu_ratio(results)))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
