@@ -6,7 +6,8 @@
   whatever client made it;
 * TerminateInstances leaves the state reason EC2 shows after a spot reclaim
   (``Server.SpotInstanceTermination``), so the benchmark can reclaim N instances in
-  one API call (moto cannot reclaim spot capacity by itself).
+  one API call (moto cannot reclaim spot capacity by itself); a DescribeInstances served
+  meanwhile waits for it, so no poller sees moto's own reason in between.
 
 It runs in its own process so the benchmarked triggerer's CPU figures do not include
 moto's work.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 
 def main() -> None:
@@ -26,18 +28,21 @@ def main() -> None:
     fd = os.open(count_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     by_ids, by_filters = InstanceBackend.get_reservations_by_instance_ids, InstanceBackend.describe_instances
     terminate = InstanceBackend.terminate_instances
+    reclaiming = threading.Lock()
 
     def counted(original):  # type: ignore[no-untyped-def]
         def describe(self, *args, **kwargs):  # type: ignore[no-untyped-def]
             os.write(fd, b"D")
-            return original(self, *args, **kwargs)
+            with reclaiming:
+                return original(self, *args, **kwargs)
         return describe
 
     def reclaim(self, instance_ids):  # type: ignore[no-untyped-def]
-        result = terminate(self, instance_ids)
-        for instance_id in instance_ids:
-            self.get_instance(instance_id).state_reason = StateReason(
-                "Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination")
+        with reclaiming:
+            result = terminate(self, instance_ids)
+            for instance_id in instance_ids:
+                self.get_instance(instance_id).state_reason = StateReason(
+                    "Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination")
         return result
 
     InstanceBackend.get_reservations_by_instance_ids = counted(by_ids)
