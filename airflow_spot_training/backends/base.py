@@ -351,6 +351,16 @@ class SpotBackend(BaseModel, ABC):
     def describe(self, handle: AttemptHandle) -> AttemptStatus:
         """The attempt's current status, read-only (worker: before deferring, blocking mode)."""
 
+    def settle(self, handle: AttemptHandle, status: AttemptStatus) -> AttemptStatus:
+        """How an ended attempt ended, from a provisional ``status`` (its ``to_settle`` is set).
+
+        ``poll`` may leave the reads that tell an ended attempt's outcome (a result record)
+        for the worker, so that the triggerer fires the moment it sees the end; the operator
+        calls this before it records the attempt. :meth:`describe` returns settled statuses.
+        The default has nothing to read.
+        """
+        return dataclasses.replace(status, to_settle=None)
+
     @abstractmethod
     def stop(self, handle: AttemptHandle) -> None:
         """Stop the attempt and release its capacity. Safe to call on a finished attempt."""

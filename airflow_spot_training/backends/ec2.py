@@ -28,7 +28,9 @@ Detection (:meth:`EC2SpotBackend.poll`, in the triggerer)
     request interruption codes are preemptions; ``Client.InstanceInitiatedShutdown`` is
     completion, success or failure read from the result record; anything else is a
     failure with its reason. All triggers of one triggerer share one
-    ``DescribeInstances`` call per region and interval (:mod:`.ec2_batching`).
+    ``DescribeInstances`` call per region and interval (:mod:`.ec2_batching`). The
+    trigger fires on what that call shows; the result record and the spot request
+    are read by the worker (:meth:`EC2SpotBackend.settle`) before the attempt is recorded.
 
 Logs
     The bootstrap copies the last lines of the training's output to the instance's console
@@ -43,7 +45,6 @@ Cost
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import dataclasses
@@ -596,12 +597,20 @@ class EC2SpotBackend(SpotBackend):
             if error_code(e) != "InvalidInstanceID.NotFound":
                 raise
             instances = []
-        instance = instances[0] if instances else None
-        status, needs = classify_instance(instance, ec2)
-        if needs is None:
+        status, needs = classify_instance(instances[0] if instances else None, ec2)
+        status.to_settle = needs
+        return self.settle(ec2, status)
+
+    def settle(self, handle: AttemptHandle, status: AttemptStatus) -> AttemptStatus:
+        """Read the result record (and ask the spot request) an ended instance's status still needs."""
+        if status.to_settle is None:
             return status
-        code = self._spot_request_code(instance) if needs == "spot-request" else None
-        return settle_ended(status, self._read_result(ec2), ec2.token, code)
+        ec2 = self._typed(handle)
+        request_id = status.details.get("spot_instance_request_id")
+        code = self._spot_request_code(request_id) if status.to_settle == "spot-request" else None
+        status = settle_ended(status, self._read_result(ec2), ec2.token, code)
+        status.to_settle = None
+        return status
 
     def _typed(self, handle: AttemptHandle) -> EC2Handle:
         ec2 = self.load_handle(handle)
@@ -616,8 +625,7 @@ class EC2SpotBackend(SpotBackend):
         except MalformedRecord as e:  # at this attempt's own path: it ended, and how is unknown
             return {"token": handle.token, "exit_code": None, "malformed": str(e)}
 
-    def _spot_request_code(self, instance: dict[str, Any] | None) -> str | None:
-        request_id = (instance or {}).get("SpotInstanceRequestId")
+    def _spot_request_code(self, request_id: str | None) -> str | None:
         if not request_id:
             return None
         try:
@@ -629,7 +637,7 @@ class EC2SpotBackend(SpotBackend):
         return (requests[0].get("Status") or {}).get("Code") if requests else None
 
     def _spot_request_capacity_code(self, instance: dict[str, Any]) -> str | None:
-        code = self._spot_request_code(instance)
+        code = self._spot_request_code(instance.get("SpotInstanceRequestId"))
         return code if code in SPOT_CAPACITY_CODES else None
 
     # =====================================================================================
@@ -652,11 +660,10 @@ class EC2SpotBackend(SpotBackend):
         ec2 = self._typed(handle)
         coordinator = coordinator_for(self._describe_key(), self._async_client, self._describe_interval())
         instance = await coordinator.describe(ec2.instance_id, caller=handle)
+        # an ended instance's result record is read by the worker (settle), not here: the event fires
+        # the moment the shared call shows the end, whatever the number of triggers ending with it
         status, needs = classify_instance(instance, ec2)
-        if needs is not None:
-            code = await asyncio.to_thread(self._spot_request_code, instance) if needs == "spot-request" else None
-            result = await asyncio.to_thread(self._read_result, ec2)
-            status = settle_ended(status, result, ec2.token, code)
+        status.to_settle = needs
         if status.is_final:
             coordinator.forget(ec2.instance_id)
         return status
@@ -709,6 +716,8 @@ def classify_instance(instance: dict[str, Any] | None, handle: EC2Handle) -> tup
     code, message = reason.get("Code", ""), reason.get("Message", "")
     started_at = epoch_seconds(instance.get("LaunchTime"))
     details.update(state=state, state_reason=code)
+    if instance.get("SpotInstanceRequestId"):
+        details["spot_instance_request_id"] = instance["SpotInstanceRequestId"]
     if state == "pending":
         return AttemptStatus(state=AttemptState.PENDING, reason="pending", started_at=started_at,
                              details=details), None

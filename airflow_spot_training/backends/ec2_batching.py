@@ -9,8 +9,9 @@ asset watchers, so this module batches inside the process instead:
 * a :class:`DescribeCoordinator` per event loop and per (connection, region,
   interval) is created lazily, the first time a trigger polls;
 * every ``interval`` seconds it describes all instance ids polled recently, at most
-  :data:`MAX_IDS_PER_CALL` per call, through one aiobotocore client
-  (``AwsBaseHook.get_async_conn()``), and fans the results out;
+  :data:`MAX_IDS_PER_CALL` per call and :data:`MAX_CONCURRENT_CALLS` calls at once,
+  through one aiobotocore client (``AwsBaseHook.get_async_conn()``), and fans each
+  call's results out as it returns;
 * :meth:`DescribeCoordinator.describe` returns the newest result the caller has
   not seen yet, or waits for the next tick, so each trigger sees every tick once.
 
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: DescribeInstances accepts at most 1000 instance ids per call
 MAX_IDS_PER_CALL = 1000
+#: calls of one tick in flight at once (a tick makes ceil(N / 1000) calls)
+MAX_CONCURRENT_CALLS = 4
 #: an id not polled for this many intervals is dropped from the tick
 EXPIRE_INTERVALS = 3
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]+")
@@ -134,20 +137,32 @@ class DescribeCoordinator:
     async def _describe_all(self, ids: list[str]) -> None:
         self._tick += 1
         tick = self._tick
-        for start in range(0, len(ids), MAX_IDS_PER_CALL):
-            chunk = ids[start:start + MAX_IDS_PER_CALL]
-            try:
+        # the chunks' calls run together (at most MAX_CONCURRENT_CALLS at once): the last of
+        # ceil(N / 1000) instances hears of its change one call after the tick, not N / 1000 calls
+        limit = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
+        chunks = [ids[start:start + MAX_IDS_PER_CALL] for start in range(0, len(ids), MAX_IDS_PER_CALL)]
+        try:
+            await self._get_client()  # one client for the calls below, not one each
+        except Exception as e:  # hand the error to this tick's waiters; keep ticking
+            log.warning("cannot create the EC2 client: %s", e)
+            self._fail_waiters(ids, e)
+            return
+        await asyncio.gather(*(self._describe_and_serve(chunk, tick, limit) for chunk in chunks))
+
+    async def _describe_and_serve(self, chunk: list[str], tick: int, limit: asyncio.Semaphore) -> None:
+        try:
+            async with limit:
                 found = await self._describe_chunk(chunk)
-            except Exception as e:  # hand the error to this tick's waiters; keep ticking
-                log.warning("DescribeInstances for %s instance(s) failed: %s", len(chunk), e)
-                self._fail_waiters(chunk, e)
-                continue
-            for instance_id in chunk:
-                self._results[instance_id] = found.get(instance_id)
-                self._result_tick[instance_id] = tick
-                for future in self._waiters.pop(instance_id, []):
-                    if not future.done():
-                        future.set_result((tick, found.get(instance_id)))
+        except Exception as e:  # hand the error to this tick's waiters; keep ticking
+            log.warning("DescribeInstances for %s instance(s) failed: %s", len(chunk), e)
+            self._fail_waiters(chunk, e)
+            return
+        for instance_id in chunk:
+            self._results[instance_id] = found.get(instance_id)
+            self._result_tick[instance_id] = tick
+            for future in self._waiters.pop(instance_id, []):
+                if not future.done():
+                    future.set_result((tick, found.get(instance_id)))
 
     async def _describe_chunk(self, chunk: list[str]) -> dict[str, dict[str, Any]]:
         client = await self._get_client()

@@ -9,7 +9,9 @@ be watched (``lost``: polling kept failing, or the trigger itself failed). It re
 right after that event.
 
 Nothing stands between seeing the attempt end and firing the event: the checkpoint and
-progress reads an ended attempt needs are the operator's, in the worker.
+progress reads an ended attempt needs are the operator's, in the worker, and so are the
+reads that tell how it ended (a result record: the event's ``to_settle``, settled by
+``SpotBackend.settle``).
 
 A trigger rebuilt from ``serialize()`` by another triggerer (after a crash or a
 restart) carries on from the backend's state: it holds nothing that is not in
