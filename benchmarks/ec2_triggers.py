@@ -138,6 +138,39 @@ def peer_relaunch_seconds(image_id: str) -> float:
     return time.monotonic() - started
 
 
+def record_detection(seen: dict[str, float]) -> None:
+    """Note when the shared DescribeInstances first returned each instance as ended (the backend saw it)."""
+    from airflow_spot_training.backends import ec2_batching
+
+    describe_chunk = ec2_batching.DescribeCoordinator._describe_chunk
+
+    async def timed(self: Any, chunk: list[str]) -> dict[str, dict[str, Any]]:
+        found = await describe_chunk(self, chunk)
+        now = time.monotonic()
+        for instance_id, instance in found.items():
+            if (instance.get("State") or {}).get("Name") == "terminated":
+                seen.setdefault(instance_id, now)
+        return found
+
+    ec2_batching.DescribeCoordinator._describe_chunk = timed  # type: ignore[method-assign]
+
+
+def instance_id_of(trigger: Any) -> str:
+    return trigger.attempt_handle.instance_id if hasattr(trigger, "attempt_handle") else trigger.instance_id
+
+
+def reclaim_times(count_file: Path) -> dict[str, float]:
+    """Instance id -> the moment the counting server finished reclaiming it."""
+    lines = Path(f"{count_file}.reclaims").read_text().split("\n")
+    return {instance_id: float(at) for instance_id, at in (line.split() for line in lines if line)}
+
+
+def server_seconds(count_file: Path) -> list[float]:
+    """Seconds moto spent on each DescribeInstances call so far (written by the counting server)."""
+    path = Path(f"{count_file}.seconds")
+    return [float(line) for line in path.read_text().split()] if path.exists() else []
+
+
 def cpu_seconds_of(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -147,21 +180,20 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
                    reclaim: Any, server_pid: int) -> dict[str, Any]:
     events: dict[int, float] = {}
     payloads: dict[int, dict[str, Any]] = {}
-    detected: dict[int, float] = {}
+    seen: dict[str, float] = {}
     polls = [0]
 
-    def timed_poll(k: int, poll: Any) -> Any:
+    def counted_poll(poll: Any) -> Any:
         async def wrapper(handle: Any) -> Any:
             status = await poll(handle)
             polls[0] += 1
-            if status.is_final and k not in detected:
-                detected[k] = time.monotonic()
             return status
         return wrapper
 
-    if side == "ours":  # instrument only: when the backend's poll returned the reclaim to the trigger
-        for k, trigger in enumerate(triggers):
-            object.__setattr__(trigger.backend, "poll", timed_poll(k, trigger.backend.poll))
+    if side == "ours":  # instrument only: status checks, and when the shared call first showed each end
+        for trigger in triggers:
+            object.__setattr__(trigger.backend, "poll", counted_poll(trigger.backend.poll))
+        record_detection(seen)
 
     async def watch(k: int, trigger: Any) -> None:
         async for event in trigger.run():
@@ -172,7 +204,7 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
     rss_before = peak_rss_mb()
     started = time.monotonic()
     tasks = [asyncio.ensure_future(watch(k, t)) for k, t in enumerate(triggers)]
-    await asyncio.sleep(2 * interval)  # warm-up: clients created, pollers in step
+    await asyncio.sleep(3 * interval)  # warm-up: clients created, pollers in step
     if side == "ours":
         for _ in range(40):
             before = polls[0]
@@ -181,20 +213,24 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
                 break
     warmup_s = time.monotonic() - started
     calls0, cpu0, t0, polls0 = count_file.stat().st_size, time.process_time(), time.monotonic(), polls[0]
-    moto0 = cpu_seconds_of(server_pid)
+    moto0, timed0 = cpu_seconds_of(server_pid), len(server_seconds(count_file))
     await asyncio.sleep(window * interval)
     calls1, cpu1, t1, polls1 = count_file.stat().st_size, time.process_time(), time.monotonic(), polls[0]
-    moto1 = cpu_seconds_of(server_pid)
+    moto1, moto_calls = cpu_seconds_of(server_pid), server_seconds(count_file)[timed0:]
     # a status check is one trigger learning its instance's state: one DescribeInstances for the peer
     checks = (polls1 - polls0) if side == "ours" else (calls1 - calls0)
     rss_running = peak_rss_mb()
     early = len(events)
     reclaim_started = time.monotonic()
     await asyncio.to_thread(reclaim)
-    reclaimed_at = time.monotonic()  # every instance is terminated once the call returns
+    reclaim_call_s = time.monotonic() - reclaim_started
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=max(900.0, 20 * interval))
     intervals = (t1 - t0) / interval
     n = len(triggers)
+    reclaimed = reclaim_times(count_file)  # when the server had reclaimed each instance
+    ids = [instance_id_of(t) for t in triggers]
+    detected = {k: seen[ids[k]] for k in range(n)} if side == "ours" else {}
+    latency = [events[k] - reclaimed[ids[k]] for k in range(n)]
     return {
         "side": side,
         "n": n,
@@ -204,16 +240,18 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
         "cpu_s_per_trigger_per_interval": (cpu1 - cpu0) / intervals / n,
         "cpu_s_window": round(cpu1 - cpu0, 3),
         "moto_cpu_s_per_interval": round((moto1 - moto0) / intervals, 3),
+        "moto_s_per_describe_call": _spread(moto_calls) if moto_calls else None,
         "status_checks_per_trigger_per_interval": round(checks / intervals / n, 3),
         "cpu_ms_per_status_check": round((cpu1 - cpu0) / max(checks, 1) * 1000, 3),
         "peak_rss_mb_per_trigger": round(max(0.0, rss_running - rss_before) / n, 4),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "events_before_reclaim": early,
         "warmup_s": round(warmup_s, 1),
-        "reclaim_call_s": round(reclaimed_at - reclaim_started, 3),
-        "reclaim_to_event_s": _spread([events[k] - reclaimed_at for k in range(n)]),
-        "reclaim_to_detection_s": _spread([detected[k] - reclaimed_at for k in detected]) if detected else None,
-        "event_latency_by_trigger": [events[k] - reclaimed_at for k in range(n)],
+        "reclaim_call_s": round(reclaim_call_s, 3),
+        "reclaim_to_event_s": _spread(latency),
+        "reclaim_to_detection_s": _spread([detected[k] - reclaimed[ids[k]] for k in detected]) if detected else None,
+        "detection_to_event_s": _spread([events[k] - detected[k] for k in detected]) if detected else None,
+        "event_latency_by_trigger": latency,
         "payloads": payloads,
     }
 
@@ -303,6 +341,7 @@ COLUMNS = [
     ("N", lambda r: str(r["n"])),
     ("trigger", lambda r: NAMES[r["side"]]),
     ("reclaim -> detection (s)", lambda r: _cell(r.get("reclaim_to_detection_s")) if r["side"] == "ours" else "= event"),
+    ("detection -> event (s)", lambda r: _cell(r.get("detection_to_event_s")) if r["side"] == "ours" else "-"),
     ("reclaim -> event (s)", lambda r: _cell(r["reclaim_to_event_s"])),
     ("event -> launch request (s)", lambda r: _cell(r["event_to_launch_request_s"])),
     ("reclaim -> launch request (s)", lambda r: _cell(r["reclaim_to_launch_request_s"])),
@@ -311,6 +350,7 @@ COLUMNS = [
     ("CPU ms / trigger / interval", lambda r: f"{r['cpu_s_per_trigger_per_interval'] * 1000:.3f}"),
     ("checks / trigger / interval", lambda r: str(r["status_checks_per_trigger_per_interval"])),
     ("moto CPU s / interval", lambda r: str(r["moto_cpu_s_per_interval"])),
+    ("moto s / DescribeInstances", lambda r: _cell(r.get("moto_s_per_describe_call"))),
 ]
 
 

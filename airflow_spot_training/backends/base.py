@@ -220,6 +220,10 @@ class SpotBackend(BaseModel, ABC):
     #: whether a succeeded attempt may still hold resources (a VM that has not deleted itself
     #: yet): the operator then calls :meth:`stop` after a success too, not only after other ends
     releases_after_success: ClassVar[bool] = False
+    #: whether :meth:`poll` itself waits for the next status (a shared call every interval):
+    #: the trigger then polls again at once instead of sleeping ``poll_interval`` between
+    #: polls, so it hears of an end when the shared call returns, not up to an interval later
+    poll_waits_for_next_status: ClassVar[bool] = False
 
     def __init__(self, *args: Any, **data: Any) -> None:
         cls = type(self)

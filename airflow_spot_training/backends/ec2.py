@@ -152,6 +152,7 @@ class EC2SpotBackend(SpotBackend):
     positional_argument = "command"
     link_labels = ("EC2 instance", "Logs")
     checkpoint_schemes = frozenset({"s3", "gs", "file"})
+    poll_waits_for_next_status = True  # poll() waits for the next shared DescribeInstances
 
     command: str | list[str] = argument(
         doc="the training command run on the instance: a shell command line or a list of strings "

@@ -159,7 +159,8 @@ class SpotTrainingTrigger(BaseTrigger):
             if time.monotonic() >= next_progress_log:
                 next_progress_log = time.monotonic() + self.progress_log_interval
                 self.log.info("%s", await self._progress_line(status))
-            await asyncio.sleep(self.poll_interval)
+            if not self.backend.poll_waits_for_next_status:
+                await asyncio.sleep(self.poll_interval)
 
     async def _event_for(self, status: AttemptStatus) -> AttemptEvent | None:
         """The event to fire for this status, or ``None`` to keep waiting."""
