@@ -3,8 +3,7 @@
 ``python -m benchmarks.moto_counting_server PORT COUNT_FILE``
 
 * every DescribeInstances call appends one byte to COUNT_FILE (its size is the count),
-  whatever client made it, and the seconds moto spent on it, one line each, to
-  COUNT_FILE.seconds;
+  whatever client made it;
 * TerminateInstances leaves the state reason EC2 shows after a spot reclaim
   (``Server.SpotInstanceTermination``), so the benchmark can reclaim N instances in
   one API call (moto cannot reclaim spot capacity by itself); a DescribeInstances served
@@ -30,7 +29,6 @@ def main() -> None:
     from moto.server import ThreadedMotoServer
 
     fd = os.open(count_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    seconds_fd = os.open(f"{count_file}.seconds", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     reclaims_fd = os.open(f"{count_file}.reclaims", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     by_ids, by_filters = InstanceBackend.get_reservations_by_instance_ids, InstanceBackend.describe_instances
     terminate = InstanceBackend.terminate_instances
@@ -39,11 +37,8 @@ def main() -> None:
     def counted(original):  # type: ignore[no-untyped-def]
         def describe(self, *args, **kwargs):  # type: ignore[no-untyped-def]
             os.write(fd, b"D")
-            started = time.monotonic()
             with reclaiming:
-                result = original(self, *args, **kwargs)
-            os.write(seconds_fd, f"{time.monotonic() - started:.4f}\n".encode())
-            return result
+                return original(self, *args, **kwargs)
         return describe
 
     def reclaim(self, instance_ids):  # type: ignore[no-untyped-def]

@@ -68,6 +68,11 @@ class DescribeCoordinator:
         #: DescribeInstances calls made so far (read by tests and the benchmark)
         self.calls = 0
 
+    @property
+    def last_tick_seconds(self) -> float:
+        """Wall seconds the last tick's calls took (read by the benchmark)."""
+        return self._last_call_seconds
+
     # -- the caller's side ---------------------------------------------------------------
     async def describe(self, instance_id: str, *, caller: object | None = None) -> dict[str, Any] | None:
         """The instance's newest description (``None`` if EC2 does not know the id).
