@@ -1,9 +1,14 @@
-"""An ended EC2 attempt: the trigger fires on what DescribeInstances shows, the worker settles it.
+"""Reacting to an ended EC2 attempt: nothing between the shared DescribeInstances and the event.
 
-The triggerer's ``poll`` leaves the result record and the spot request to the worker
-(``AttemptStatus.to_settle``); ``EC2SpotBackend.settle`` reads them in ``execute_complete``
-before the attempt is recorded. Against moto on loopback, through the real operator and
-trigger.
+* The triggerer's ``poll`` leaves the result record and the spot request to the worker
+  (``AttemptStatus.to_settle``); ``EC2SpotBackend.settle`` reads them in
+  ``execute_complete`` before the attempt is recorded.
+* The trigger does not sleep its ``poll_interval`` between polls of a backend whose
+  ``poll`` waits for the next shared call: it hears of the end when that call returns.
+* The calls of one tick (one per 1,000 instances) are in flight together.
+
+Against moto on loopback through the real operator and trigger, except the last, which
+counts calls at the EC2 client (the cloud boundary).
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from typing import Any
 import pytest
 
 from airflow_spot_training.backends.ec2 import EC2Handle, EC2SpotBackend
+from airflow_spot_training.backends.ec2_batching import MAX_CONCURRENT_CALLS, MAX_IDS_PER_CALL, DescribeCoordinator
 from airflow_spot_training.core.attempt import AttemptEvent, AttemptState, AttemptStatus, EventKind
 from airflow_spot_training.operators.ec2 import EC2SpotTrainingOperator
 from airflow_spot_training.runtime.checkpoint import CheckpointManager
 from tests import aws_cloud
-from tests.spot_harness import JsonFileStateStore, run_try
+from airflow_spot_training.triggers.spot_training import SpotTrainingTrigger
+from tests.spot_harness import JsonFileStateStore, first_event, run_try
 
 
 @pytest.fixture
@@ -110,3 +117,67 @@ def test_a_training_that_exited_0_before_its_reclaim_succeeds_through_the_operat
     assert [(e["kind"], e["to_settle"]) for e in events] == [("preempted", "result")]
     assert summary["outcome"] == "succeeded" and summary["preemptions"] == 0
     assert [a["outcome"] for a in summary["attempts"]] == ["succeeded"]
+
+
+def test_the_trigger_hears_of_a_reclaim_at_the_next_shared_call_not_after_its_poll_interval(aws, network):
+    """poll_interval one hour, shared calls every 50 ms: the reclaim still arrives (the wait has a 60 s guard)."""
+    handle = launched(network, f"s3://{aws_cloud.BUCKET}/runs/repoll")
+    classpath, kwargs = backend_for(network).serialize()
+    trigger = SpotTrainingTrigger(backend_classpath=classpath, backend_kwargs=kwargs, handle=handle.to_dict(),
+                                  attempt=1, checkpoint_prefix=f"s3://{aws_cloud.BUCKET}/runs/repoll",
+                                  poll_interval=3600, progress_log_interval=3600, version=2)
+    assert trigger.backend.poll_waits_for_next_status
+
+    async def main() -> dict[str, Any]:
+        watching = asyncio.ensure_future(first_event(trigger, timeout=60))
+        await asyncio.sleep(0.3)  # the trigger polls the running instance, then sleeps or waits
+        assert not watching.done()
+        aws_cloud.reclaim_instance(handle.instance_id)
+        return await watching
+
+    event = asyncio.run(main())
+    assert event["kind"] == "preempted" and event["to_settle"] == "result"
+
+
+class CountingEC2Client:
+    """DescribeInstances at the EC2 client boundary: every id is running; counts calls in flight."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.calls = 0
+
+    async def describe_instances(self, InstanceIds: list[str]) -> dict[str, Any]:  # noqa: N803
+        self.calls += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        for _ in range(3):  # a response takes a while: let the other calls of the tick start
+            await asyncio.sleep(0)
+        self.in_flight -= 1
+        return {"Reservations": [{"Instances": [{"InstanceId": i, "State": {"Name": "running"}}
+                                                for i in InstanceIds]}]}
+
+    async def __aenter__(self) -> CountingEC2Client:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        return None
+
+
+@pytest.mark.parametrize("n", [2500, 6000])
+def test_the_calls_of_one_tick_are_in_flight_together_up_to_the_limit(n):
+    client = CountingEC2Client()
+    ids = [f"i-{k:017x}" for k in range(n)]
+
+    async def make() -> CountingEC2Client:
+        return client
+
+    async def main() -> list[Any]:
+        coordinator = DescribeCoordinator(("k",), make, interval=60.0)  # one tick before main returns
+        return await asyncio.gather(*(coordinator.describe(i, caller=i) for i in ids))
+
+    results = asyncio.run(main())
+    chunks = -(-n // MAX_IDS_PER_CALL)
+    assert all(r["State"]["Name"] == "running" for r in results)
+    assert client.calls == chunks
+    assert client.most_in_flight == min(chunks, MAX_CONCURRENT_CALLS)
