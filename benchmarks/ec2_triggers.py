@@ -1,21 +1,34 @@
-"""N concurrent EC2 triggers in one event loop: ours (shared DescribeInstances) against the peer.
+"""N concurrent EC2 trainings in one triggerer: ours (shared DescribeInstances) against the peer.
 
 Usage::
 
-    python -m benchmarks.ec2_triggers --n 100 1000 --interval 5 --window 3
+    python -m benchmarks.ec2_triggers --n 1000 5000 --interval 5 --window 3 --sample 50
 
 For each N, and for each side - ``ours`` (``SpotTrainingTrigger`` with
 ``EC2SpotBackend``) and ``peer`` (the Amazon provider's ``EC2StateSensorTrigger``) -
-a fresh worker process starts a moto server on a free loopback port
+a fresh worker process starts a moto server process on a free loopback port
 (:mod:`benchmarks.moto_counting_server`), launches N instances, runs N triggers in
 one asyncio event loop the way a triggerer does, and measures over ``--window``
 poll intervals:
 
-* DescribeInstances calls per interval (counted by the server);
-* CPU seconds per trigger per interval (the worker's process CPU time);
-* peak memory per trigger (growth of the process's peak RSS once the triggers run);
-* time from reclaim to event: all N instances are reclaimed in one call, and each
-  trigger's first event is timed (median, p95, max).
+* DescribeInstances calls per interval (counted by the server; target ceil(N / 1000));
+* CPU seconds per trigger per interval (the worker process's CPU time), and moto's
+  CPU (its own process) per interval and per DescribeInstances call;
+* status checks per trigger per interval, and the wall time of our shared call.
+
+Then it reclaims all N instances (1000 per TerminateInstances call; the server notes when
+each one is reclaimed) and times, per trigger (median / p95 / max):
+
+* reclaim -> detection (ours): the shared DescribeInstances returned the instance ended;
+* reclaim -> event: the trigger yielded its TriggerEvent;
+* event -> launch request: for ``--sample`` trainings the worker's path on the event,
+  run one at a time as each task's own worker would. Ours: the sampled trainings were
+  launched by the real ``EC2SpotTrainingOperator.execute`` and deferred; their
+  ``execute_complete`` runs against moto until the operator calls the backend's
+  ``launch`` for the next attempt. The peer's sensor only ends its task; its relaunch is
+  an ``EC2CreateInstanceOperator.execute`` (timed whole, RunInstances included);
+* reclaim -> launch request = that training's reclaim -> event + event -> launch request.
+  Airflow's own hand-over (triggerer -> database -> scheduler -> worker) is not in it.
 
 Both sides use the same moto server build, N, interval and machine, in the same run.
 """

@@ -59,7 +59,8 @@ class DescribeCoordinator:
         self._client: Any = None
         self._results: dict[str, dict[str, Any] | None] = {}
         self._result_tick: dict[str, int] = {}
-        self._served_tick: dict[str, int] = {}
+        #: instance id -> caller -> the newest tick that caller was served
+        self._served_tick: dict[str, dict[int, int]] = {}
         self._last_polled: dict[str, float] = {}
         self._waiters: dict[str, list[asyncio.Future[tuple[int, dict[str, Any] | None]]]] = {}
         self._tick = 0
@@ -80,11 +81,12 @@ class DescribeCoordinator:
         :param instance_id: the instance to describe.
         :param caller: who asks; each caller is served every tick at most once.
         """
-        token = f"{instance_id}:{id(caller)}"
+        served = self._served_tick.setdefault(instance_id, {})
+        token = id(caller)
         self._last_polled[instance_id] = time.monotonic()
         tick = self._result_tick.get(instance_id)
-        if tick is not None and tick > self._served_tick.get(token, 0):
-            self._served_tick[token] = tick
+        if tick is not None and tick > served.get(token, 0):
+            served[token] = tick
             return self._results.get(instance_id)
         future: asyncio.Future[tuple[int, dict[str, Any] | None]] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(instance_id, []).append(future)
@@ -96,7 +98,7 @@ class DescribeCoordinator:
             if future in waiters:
                 waiters.remove(future)
             raise
-        self._served_tick[token] = tick
+        self._served_tick.setdefault(instance_id, {})[token] = tick
         self._last_polled[instance_id] = time.monotonic()  # served: its trigger is alive, keep it in the tick
         return result
 
@@ -105,8 +107,7 @@ class DescribeCoordinator:
         self._last_polled.pop(instance_id, None)
         self._results.pop(instance_id, None)
         self._result_tick.pop(instance_id, None)
-        for token in [t for t in self._served_tick if t.startswith(f"{instance_id}:")]:
-            del self._served_tick[token]
+        self._served_tick.pop(instance_id, None)  # by id: an ending trigger costs O(1), not O(N)
 
     # -- the shared tick -----------------------------------------------------------------
     def _ensure_running(self) -> None:
