@@ -291,8 +291,9 @@ def relaunch_latencies(side: str, result: dict[str, Any], trainings: list[Traini
             paths.append(training.resume(payloads[k]))
         sampled = [latency[k] + paths[k] for k in range(len(trainings))]
     else:
-        paths = [peer_relaunch_seconds(image_id) for _ in range(min(sample, len(latency)))]
-        sampled = [latency[k] + paths[k] for k in range(len(paths))]
+        picked = range(0, len(latency), max(1, len(latency) // sample))[:sample]  # spread over the triggers
+        paths = [peer_relaunch_seconds(image_id) for _ in picked]
+        sampled = [latency[k] + path for k, path in zip(picked, paths)]
     result["event_to_launch_request_s"] = _spread(paths)
     result["reclaim_to_launch_request_s"] = _spread(sampled)
     result["relaunch_sample"] = len(sampled)
