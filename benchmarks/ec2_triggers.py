@@ -362,6 +362,7 @@ COLUMNS = [
     ("reclaim -> event (s)", lambda r: _cell(r["reclaim_to_event_s"])),
     ("event -> launch request (s)", lambda r: _cell(r["event_to_launch_request_s"])),
     ("reclaim -> launch request (s)", lambda r: _cell(r["reclaim_to_launch_request_s"])),
+    ("worst phase: interval + call + ours (s)", lambda r: _worst_phase(r)),
     ("DescribeInstances / interval (target)", lambda r: f"{r['describe_calls_per_interval']} "
                                                         f"({r['describe_calls_target']})"),
     ("CPU ms / trigger / interval", lambda r: f"{r['cpu_s_per_trigger_per_interval'] * 1000:.3f}"),
@@ -370,6 +371,21 @@ COLUMNS = [
     ("moto CPU s / DescribeInstances", lambda r: str(r["moto_cpu_s_per_describe_call"])),
     ("shared call s (ours)", lambda r: _cell(r.get("shared_call_s"))),
 ]
+
+
+def worst_phase_seconds(result: dict[str, Any]) -> float | None:
+    """Reclaim -> launch request had the reclaim come just after a shared call started: a whole interval
+    (or tick, when the call is slower) before the next call, then the slowest call and our slowest path."""
+    call, ours = result.get("shared_call_s"), result.get("detection_to_event_s")
+    if call is None or ours is None:
+        return None
+    tick = max(result["interval_s"], call["max"])
+    return tick + call["max"] + ours["max"] + result["event_to_launch_request_s"]["max"]
+
+
+def _worst_phase(result: dict[str, Any]) -> str:
+    worst = worst_phase_seconds(result)
+    return "-" if worst is None else f"{worst:.2f}"
 
 
 def _cell(spread: dict[str, float] | None) -> str:
@@ -394,7 +410,10 @@ def cpu_ratio(results: list[dict[str, Any]]) -> list[str]:
         if ours is None:
             continue
         beyond = ours["reclaim_to_launch_request_s"]["max"] - ours["interval_s"]
-        line = f"N={n}: relaunch request at most {beyond:+.2f} s beyond the poll interval (target <= +1 s)"
+        own = ours["detection_to_event_s"]["max"] + ours["event_to_launch_request_s"]["max"]
+        line = (f"N={n}: relaunch request at most {beyond:+.2f} s beyond the poll interval (target <= +1 s); "
+                f"our own part (detection -> event -> launch request) at most {own:.2f} s, the shared call "
+                f"{ours['shared_call_s']['max']:.2f} s (moto: {ours['moto_cpu_s_per_describe_call']} CPU s per call)")
         if peer is not None:
             share = ours["cpu_s_per_trigger_per_interval"] / peer["cpu_s_per_trigger_per_interval"]
             line += f"; CPU per trigger {share:.3f} of the peer's (target <= 0.2)"
@@ -412,7 +431,13 @@ def main() -> int:
     parser.add_argument("--sides", nargs="+", default=["ours", "peer"], choices=["ours", "peer"])
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", choices=["ours", "peer"], help=argparse.SUPPRESS)
+    parser.add_argument("--table-from", type=Path, help="print the table of results saved with --json, and exit")
     args = parser.parse_args()
+    if args.table_from:
+        saved = json.loads(args.table_from.read_text())
+        print(table(saved))
+        print("\n".join(cpu_ratio(saved)))
+        return 0
     if args.worker:
         print(json.dumps(worker(args.worker, args.n[0], args.interval, args.window, args.sample)))
         return 0
