@@ -1,21 +1,34 @@
-"""N concurrent EC2 triggers in one event loop: ours (shared DescribeInstances) against the peer.
+"""N concurrent EC2 trainings in one triggerer: ours (shared DescribeInstances) against the peer.
 
 Usage::
 
-    python -m benchmarks.ec2_triggers --n 100 1000 --interval 5 --window 3
+    python -m benchmarks.ec2_triggers --n 1000 5000 --interval 5 --window 3 --sample 50
 
 For each N, and for each side - ``ours`` (``SpotTrainingTrigger`` with
 ``EC2SpotBackend``) and ``peer`` (the Amazon provider's ``EC2StateSensorTrigger``) -
-a fresh worker process starts a moto server on a free loopback port
+a fresh worker process starts a moto server process on a free loopback port
 (:mod:`benchmarks.moto_counting_server`), launches N instances, runs N triggers in
 one asyncio event loop the way a triggerer does, and measures over ``--window``
 poll intervals:
 
-* DescribeInstances calls per interval (counted by the server);
-* CPU seconds per trigger per interval (the worker's process CPU time);
-* peak memory per trigger (growth of the process's peak RSS once the triggers run);
-* time from reclaim to event: all N instances are reclaimed in one call, and each
-  trigger's first event is timed (median, p95, max).
+* DescribeInstances calls per interval (counted by the server; target ceil(N / 1000));
+* CPU seconds per trigger per interval (the worker process's CPU time), and moto's
+  CPU (its own process) per interval and per DescribeInstances call;
+* status checks per trigger per interval, and the wall time of our shared call.
+
+Then it reclaims all N instances (1000 per TerminateInstances call; the server notes when
+each one is reclaimed) and times, per trigger (median / p95 / max):
+
+* reclaim -> detection (ours): the shared DescribeInstances returned the instance ended;
+* reclaim -> event: the trigger yielded its TriggerEvent;
+* event -> launch request: for ``--sample`` trainings the worker's path on the event,
+  run one at a time as each task's own worker would. Ours: the sampled trainings were
+  launched by the real ``EC2SpotTrainingOperator.execute`` and deferred; their
+  ``execute_complete`` runs against moto until the operator calls the backend's
+  ``launch`` for the next attempt. The peer's sensor only ends its task; its relaunch is
+  an ``EC2CreateInstanceOperator.execute`` (timed whole, RunInstances included);
+* reclaim -> launch request = that training's reclaim -> event + event -> launch request.
+  Airflow's own hand-over (triggerer -> database -> scheduler -> worker) is not in it.
 
 Both sides use the same moto server build, N, interval and machine, in the same run.
 """
@@ -25,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import resource
 import socket
@@ -53,56 +67,157 @@ def peak_rss_mb() -> float:
 # =========================================================================================
 # worker: one side, one N
 # =========================================================================================
-def build_triggers(side: str, instance_ids: list[str], interval: float) -> list[Any]:
-    if side == "peer":
-        from airflow.providers.amazon.aws.triggers.ec2 import EC2StateSensorTrigger
+def peer_triggers(instance_ids: list[str], interval: float) -> list[Any]:
+    from airflow.providers.amazon.aws.triggers.ec2 import EC2StateSensorTrigger
 
-        return [EC2StateSensorTrigger(instance_id=i, target_state="terminated", aws_conn_id="aws_default",
-                                      region_name=REGION, poll_interval=interval) for i in instance_ids]
-    from airflow_spot_training.backends.ec2 import EC2SpotBackend
+    return [EC2StateSensorTrigger(instance_id=i, target_state="terminated", aws_conn_id="aws_default",
+                                  region_name=REGION, poll_interval=interval) for i in instance_ids]
+
+
+def our_triggers(instance_ids: list[str], interval: float) -> list[Any]:
+    """Triggers for instances launched in bulk (not through an operator), as the operator defers them."""
+    from airflow_spot_training.backends.ec2 import EC2Handle, EC2SpotBackend
     from airflow_spot_training.triggers.spot_training import SpotTrainingTrigger
 
     classpath, kwargs = EC2SpotBackend("train", image_id="ami-0", instance_types=["c5.large"], region_name=REGION,
                                        describe_interval=interval).serialize()
     return [SpotTrainingTrigger(
         backend_classpath=classpath, backend_kwargs=kwargs, attempt=1, poll_interval=interval,
-        progress_log_interval=3600, checkpoint_prefix=f"s3://bench/ckpt/{i}",
-        handle={"instance_id": i, "token": i, "attempt": 1, "capacity": "spot", "launched_at": time.time(),
-                "result_uri": f"s3://bench/ckpt/{i}/_results/attempt-1.json"},
+        progress_log_interval=3600, checkpoint_prefix=f"s3://bench/ckpt/{i}", version=2,
+        handle=EC2Handle(backend="ec2", instance_id=i, token=i, attempt=1, capacity="spot", launched_at=time.time(),
+                         region=REGION, result_uri=f"s3://bench/ckpt/{i}/_results/attempt-1.json").to_dict(),
     ) for i in instance_ids]
 
 
+class Training:
+    """One sampled training driven through the real operator: its first try launches and defers,
+    and on its trigger's event ``execute_complete`` runs to the next launch request."""
+
+    def __init__(self, number: int, image_id: str, interval: float) -> None:
+        from airflow_spot_training.operators.ec2 import EC2SpotTrainingOperator
+        from tests.spot_harness import JsonFileStateStore, TryInstance
+
+        self.ti = TryInstance(1, run_id=f"bench__{number}")
+        self.context: dict[str, Any] = {"ti": self.ti, "task_state_store": JsonFileStateStore(
+            Path(tempfile.mkdtemp()) / "state.json")}
+        self.operator = EC2SpotTrainingOperator(
+            task_id="train", command="true", image_id=image_id, instance_types=["c5.large"], region_name=REGION,
+            checkpoint_prefix=f"s3://bench/ckpt/sampled-{number}", poll_interval=interval,
+            progress_log_interval=3600, max_preemptions=10)
+        self.launch_requested: list[float] = []
+        launch = self.operator.backend.launch
+
+        def timed_launch(request: Any) -> Any:  # instrument only: when the operator asks for a launch
+            self.launch_requested.append(time.monotonic())
+            return launch(request)
+
+        object.__setattr__(self.operator.backend, "launch", timed_launch)
+
+    def start(self) -> Any:
+        """The first try up to its deferral; the trigger, rebuilt from ``serialize()`` as a triggerer does."""
+        from airflow.sdk.exceptions import TaskDeferred
+
+        from tests.spot_harness import rebuild
+
+        try:
+            self.operator.execute(self.context)
+        except TaskDeferred as deferred:
+            return rebuild(deferred.trigger)
+        raise RuntimeError("the operator did not defer")
+
+    def resume(self, payload: dict[str, Any]) -> float:
+        """``execute_complete`` with the trigger's event: seconds from its start to the next launch request."""
+        from airflow.sdk.exceptions import TaskDeferred
+
+        started = time.monotonic()
+        try:
+            self.operator.execute_complete(self.context, payload)
+        except TaskDeferred:  # the new attempt launched and deferred again
+            pass
+        if len(self.launch_requested) != 2:
+            raise RuntimeError(f"expected one relaunch, saw {len(self.launch_requested) - 1}")
+        return self.launch_requested[1] - started
+
+
+def peer_relaunch_seconds(image_id: str) -> float:
+    """The peer's way to relaunch after its sensor fired: EC2CreateInstanceOperator.execute, timed whole."""
+    from airflow.providers.amazon.aws.operators.ec2 import EC2CreateInstanceOperator
+
+    from tests.spot_harness import TryInstance
+
+    started = time.monotonic()
+    EC2CreateInstanceOperator(task_id="relaunch", image_id=image_id, region_name=REGION,
+                              config={"InstanceType": "c5.large"}).execute({"ti": TryInstance(1)})
+    return time.monotonic() - started
+
+
+def active_coordinators() -> list[Any]:
+    from airflow_spot_training.backends.ec2_batching import active_coordinators as coordinators
+
+    return coordinators()
+
+
+def record_detection(seen: dict[str, float]) -> None:
+    """Note when the shared DescribeInstances first returned each instance as ended (the backend saw it)."""
+    from airflow_spot_training.backends import ec2_batching
+
+    describe_chunk = ec2_batching.DescribeCoordinator._describe_chunk
+
+    async def timed(self: Any, chunk: list[str]) -> dict[str, dict[str, Any]]:
+        found = await describe_chunk(self, chunk)
+        now = time.monotonic()
+        for instance_id, instance in found.items():
+            if (instance.get("State") or {}).get("Name") == "terminated":
+                seen.setdefault(instance_id, now)
+        return found
+
+    ec2_batching.DescribeCoordinator._describe_chunk = timed  # type: ignore[method-assign]
+
+
+def instance_id_of(trigger: Any) -> str:
+    return trigger.attempt_handle.instance_id if hasattr(trigger, "attempt_handle") else trigger.instance_id
+
+
+def reclaim_times(count_file: Path) -> dict[str, float]:
+    """Instance id -> the moment the counting server finished reclaiming it."""
+    lines = Path(f"{count_file}.reclaims").read_text().split("\n")
+    return {instance_id: float(at) for instance_id, at in (line.split() for line in lines if line)}
+
+
+def cpu_seconds_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run_side(side: str, triggers: list[Any], interval: float, window: int, count_file: Path,
-                   reclaim: Any) -> dict[str, Any]:
+                   reclaim: Any, server_pid: int) -> dict[str, Any]:
     events: dict[int, float] = {}
-    detected: dict[int, float] = {}
+    payloads: dict[int, dict[str, Any]] = {}
+    seen: dict[str, float] = {}
     polls = [0]
 
-    def timed_poll(k: int, poll: Any) -> Any:
-        async def wrapper(handle: dict[str, Any]) -> Any:
+    def counted_poll(poll: Any) -> Any:
+        async def wrapper(handle: Any) -> Any:
             status = await poll(handle)
             polls[0] += 1
-            if status.is_final and k not in detected:
-                detected[k] = time.monotonic()
             return status
         return wrapper
 
-    if side == "ours":  # instrument only: when the backend saw the reclaim, before the final checkpoint read
-        for k, trigger in enumerate(triggers):
-            trigger.backend.poll = timed_poll(k, trigger.backend.poll)
+    if side == "ours":  # instrument only: status checks, and when the shared call first showed each end
+        for trigger in triggers:
+            object.__setattr__(trigger.backend, "poll", counted_poll(trigger.backend.poll))
+        record_detection(seen)
 
     async def watch(k: int, trigger: Any) -> None:
-        async for _ in trigger.run():
+        async for event in trigger.run():
             events[k] = time.monotonic()
+            payloads[k] = event.payload
             return
 
     rss_before = peak_rss_mb()
     started = time.monotonic()
     tasks = [asyncio.ensure_future(watch(k, t)) for k, t in enumerate(triggers)]
-    # warm-up: clients created, pollers in step, and each of our triggers' first progress line done
-    # (at 2 poll intervals it reads the checkpoint prefix: N listings at once when N triggers start
-    # together), so the window measures steady-state polling
-    await asyncio.sleep(3 * interval)
+    await asyncio.sleep(3 * interval)  # warm-up: clients created, pollers in step
     if side == "ours":
         for _ in range(40):
             before = polls[0]
@@ -111,45 +226,80 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
                 break
     warmup_s = time.monotonic() - started
     calls0, cpu0, t0, polls0 = count_file.stat().st_size, time.process_time(), time.monotonic(), polls[0]
-    await asyncio.sleep(window * interval)
+    moto0, ticks = cpu_seconds_of(server_pid), []
+    for _ in range(window):
+        await asyncio.sleep(interval)
+        ticks += [c.last_tick_seconds for c in active_coordinators()]
     calls1, cpu1, t1, polls1 = count_file.stat().st_size, time.process_time(), time.monotonic(), polls[0]
+    moto1 = cpu_seconds_of(server_pid)
     # a status check is one trigger learning its instance's state: one DescribeInstances for the peer
     checks = (polls1 - polls0) if side == "ours" else (calls1 - calls0)
     rss_running = peak_rss_mb()
     early = len(events)
     reclaim_started = time.monotonic()
     await asyncio.to_thread(reclaim)
-    reclaimed_at = time.monotonic()  # every instance is terminated once the call returns
-    await asyncio.wait_for(asyncio.gather(*tasks), timeout=max(600.0, 20 * interval))
-    latencies = sorted(events[k] - reclaimed_at for k in range(len(triggers)))
-    seen = sorted(detected[k] - reclaimed_at for k in detected)
+    reclaim_call_s = time.monotonic() - reclaim_started
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=max(900.0, 20 * interval))
     intervals = (t1 - t0) / interval
     n = len(triggers)
+    reclaimed = reclaim_times(count_file)  # when the server had reclaimed each instance
+    ids = [instance_id_of(t) for t in triggers]
+    detected = {k: seen[ids[k]] for k in range(n)} if side == "ours" else {}
+    latency = [events[k] - reclaimed[ids[k]] for k in range(n)]
     return {
         "side": side,
         "n": n,
         "interval_s": interval,
         "describe_calls_per_interval": round((calls1 - calls0) / intervals, 2),
+        "describe_calls_target": math.ceil(n / 1000),
         "cpu_s_per_trigger_per_interval": (cpu1 - cpu0) / intervals / n,
         "cpu_s_window": round(cpu1 - cpu0, 3),
+        "moto_cpu_s_per_interval": round((moto1 - moto0) / intervals, 3),
+        "moto_cpu_s_per_describe_call": round((moto1 - moto0) / max(calls1 - calls0, 1), 3),
+        "shared_call_s": _spread(ticks) if ticks else None,
         "status_checks_per_trigger_per_interval": round(checks / intervals / n, 3),
         "cpu_ms_per_status_check": round((cpu1 - cpu0) / max(checks, 1) * 1000, 3),
         "peak_rss_mb_per_trigger": round(max(0.0, rss_running - rss_before) / n, 4),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "events_before_reclaim": early,
         "warmup_s": round(warmup_s, 1),
-        "reclaim_call_s": round(reclaimed_at - reclaim_started, 3),
-        "reclaim_to_event_s": _spread(latencies),
-        "reclaim_to_detection_s": _spread(seen) if seen else None,
+        "reclaim_call_s": round(reclaim_call_s, 3),
+        "reclaim_to_event_s": _spread(latency),
+        "reclaim_to_detection_s": _spread([detected[k] - reclaimed[ids[k]] for k in detected]) if detected else None,
+        "detection_to_event_s": _spread([events[k] - detected[k] for k in detected]) if detected else None,
+        "event_latency_by_trigger": latency,
+        "payloads": payloads,
     }
 
 
 def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 3), "p95": round(values[int(0.95 * (len(values) - 1))], 3),
+    values = sorted(values)
+    return {"median": round(statistics.median(values), 3), "p95": round(values[math.ceil(0.95 * len(values)) - 1], 3),
             "max": round(values[-1], 3)}
 
 
-def worker(side: str, n: int, interval: float, window: int) -> dict[str, Any]:
+def relaunch_latencies(side: str, result: dict[str, Any], trainings: list[Training], image_id: str,
+                       sample: int) -> None:
+    """Reclaim -> next launch request, for the sampled trainings: each one's event latency (measured in the
+    triggerer, all N together) plus its worker's path from the event to the launch request (run one at a
+    time, as each task's own worker would run it)."""
+    latency = result.pop("event_latency_by_trigger")
+    payloads = result.pop("payloads")
+    paths: list[float] = []
+    if side == "ours":
+        for k, training in enumerate(trainings):
+            paths.append(training.resume(payloads[k]))
+        sampled = [latency[k] + paths[k] for k in range(len(trainings))]
+    else:
+        picked = range(0, len(latency), max(1, len(latency) // sample))[:sample]  # spread over the triggers
+        paths = [peer_relaunch_seconds(image_id) for _ in picked]
+        sampled = [latency[k] + path for k, path in zip(picked, paths)]
+    result["event_to_launch_request_s"] = _spread(paths)
+    result["reclaim_to_launch_request_s"] = _spread(sampled)
+    result["relaunch_sample"] = len(sampled)
+
+
+def worker(side: str, n: int, interval: float, window: int, sample: int) -> dict[str, Any]:
     port = free_port()
     count_file = Path(tempfile.mkdtemp()) / "describe-calls"
     count_file.touch()
@@ -173,7 +323,11 @@ def worker(side: str, n: int, interval: float, window: int) -> dict[str, Any]:
         ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint)
         boto3.client("s3", region_name=REGION, endpoint_url=endpoint).create_bucket(Bucket="bench")
         image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-        ids: list[str] = []
+        # the sampled trainings launch through the operator first (its token lookup is cheap while the
+        # account is small); the rest are launched in bulk and watched by the same triggers
+        trainings = [Training(k, image, interval) for k in range(min(sample, n))] if side == "ours" else []
+        sampled_triggers = [training.start() for training in trainings]
+        ids: list[str] = [trigger.attempt_handle.instance_id for trigger in sampled_triggers]
         while len(ids) < n:
             batch = min(250, n - len(ids))
             launched = ec2.run_instances(ImageId=image, MinCount=batch, MaxCount=batch, InstanceType="c5.large")
@@ -183,8 +337,13 @@ def worker(side: str, n: int, interval: float, window: int) -> dict[str, Any]:
             for start in range(0, len(ids), 1000):
                 ec2.terminate_instances(InstanceIds=ids[start:start + 1000])
 
-        triggers = build_triggers(side, ids, interval)
-        return asyncio.run(run_side(side, triggers, interval, window, count_file, reclaim))
+        if side == "ours":
+            triggers = sampled_triggers + our_triggers(ids[len(sampled_triggers):], interval)
+        else:
+            triggers = peer_triggers(ids, interval)
+        result = asyncio.run(run_side(side, triggers, interval, window, count_file, reclaim, server.pid))
+        relaunch_latencies(side, result, trainings, image, sample)
+        return result
     finally:
         if server.stdin:
             server.stdin.close()
@@ -194,29 +353,72 @@ def worker(side: str, n: int, interval: float, window: int) -> dict[str, Any]:
 # =========================================================================================
 # the command
 # =========================================================================================
+NAMES = {"ours": "SpotTrainingTrigger (ec2)", "peer": "EC2StateSensorTrigger"}
+COLUMNS = [
+    ("N", lambda r: str(r["n"])),
+    ("trigger", lambda r: NAMES[r["side"]]),
+    ("reclaim -> detection (s)", lambda r: _cell(r.get("reclaim_to_detection_s")) if r["side"] == "ours" else "= event"),
+    ("detection -> event (s)", lambda r: _cell(r.get("detection_to_event_s")) if r["side"] == "ours" else "-"),
+    ("reclaim -> event (s)", lambda r: _cell(r["reclaim_to_event_s"])),
+    ("event -> launch request (s)", lambda r: _cell(r["event_to_launch_request_s"])),
+    ("reclaim -> launch request (s)", lambda r: _cell(r["reclaim_to_launch_request_s"])),
+    ("worst phase: interval + call + ours (s)", lambda r: _worst_phase(r)),
+    ("DescribeInstances / interval (target)", lambda r: f"{r['describe_calls_per_interval']} "
+                                                        f"({r['describe_calls_target']})"),
+    ("CPU ms / trigger / interval", lambda r: f"{r['cpu_s_per_trigger_per_interval'] * 1000:.3f}"),
+    ("checks / trigger / interval", lambda r: str(r["status_checks_per_trigger_per_interval"])),
+    ("moto CPU s / interval", lambda r: str(r["moto_cpu_s_per_interval"])),
+    ("moto CPU s / DescribeInstances", lambda r: str(r["moto_cpu_s_per_describe_call"])),
+    ("shared call s (ours)", lambda r: _cell(r.get("shared_call_s"))),
+]
+
+
+def worst_phase_seconds(result: dict[str, Any]) -> float | None:
+    """Reclaim -> launch request had the reclaim come just after a shared call started: a whole interval
+    (or tick, when the call is slower) before the next call, then the slowest call and our slowest path."""
+    call, ours = result.get("shared_call_s"), result.get("detection_to_event_s")
+    if call is None or ours is None:
+        return None
+    tick = max(result["interval_s"], call["max"])
+    return tick + call["max"] + ours["max"] + result["event_to_launch_request_s"]["max"]
+
+
+def _worst_phase(result: dict[str, Any]) -> str:
+    worst = worst_phase_seconds(result)
+    return "-" if worst is None else f"{worst:.2f}"
+
+
+def _cell(spread: dict[str, float] | None) -> str:
+    return f"{spread['median']:.2f} / {spread['p95']:.2f} / {spread['max']:.2f}" if spread else "-"
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    head = (f"| {'N':>5} | {'trigger':<26} | {'DescribeInstances / interval':>28} | {'CPU ms / trigger / interval':>27} "
-            f"| {'checks / trigger / interval':>27} | {'CPU ms / check':>14} "
-            f"| {'peak RSS KiB / trigger':>22} | {'reclaim -> event median / p95 / max (s)':>39} "
-            f"| {'reclaim -> detection median / max (s)':>37} |")
-    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
-    names = {"ours": "SpotTrainingTrigger (ec2)", "peer": "EC2StateSensorTrigger"}
-    for r in results:
-        lat = r["reclaim_to_event_s"]
-        lines.append(
-            f"| {r['n']:>5} | {names[r['side']]:<26} | {r['describe_calls_per_interval']:>28} "
-            f"| {r['cpu_s_per_trigger_per_interval'] * 1000:>27.3f} "
-            f"| {r['status_checks_per_trigger_per_interval']:>27} | {r['cpu_ms_per_status_check']:>14} "
-            f"| {r['peak_rss_mb_per_trigger'] * 1024:>22.1f} "
-            f"| {lat['median']:>11} / {lat['p95']} / {lat['max']:<17} "
-            f"| {_detection(r):>37} |"
-        )
+    """The results as a Markdown table: latencies are median / p95 / max."""
+    rows = [[title for title, _ in COLUMNS]] + [[cell(r) for _, cell in COLUMNS] for r in results]
+    widths = [max(len(row[c]) for row in rows) for c in range(len(COLUMNS))]
+    lines = ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
 
-def _detection(result: dict[str, Any]) -> str:
-    seen = result.get("reclaim_to_detection_s")
-    return f"{seen['median']} / {seen['max']}" if seen else "= event"
+def cpu_ratio(results: list[dict[str, Any]]) -> list[str]:
+    """Per N: our CPU per trigger as a share of the peer's, and our worst relaunch beyond the interval."""
+    lines = []
+    for n in sorted({r["n"] for r in results}):
+        by_side = {r["side"]: r for r in results if r["n"] == n}
+        ours, peer = by_side.get("ours"), by_side.get("peer")
+        if ours is None:
+            continue
+        beyond = ours["reclaim_to_launch_request_s"]["max"] - ours["interval_s"]
+        own = ours["detection_to_event_s"]["max"] + ours["event_to_launch_request_s"]["max"]
+        line = (f"N={n}: relaunch request at most {beyond:+.2f} s beyond the poll interval (target <= +1 s); "
+                f"our own part (detection -> event -> launch request) at most {own:.2f} s, the shared call "
+                f"{ours['shared_call_s']['max']:.2f} s (moto: {ours['moto_cpu_s_per_describe_call']} CPU s per call)")
+        if peer is not None:
+            share = ours["cpu_s_per_trigger_per_interval"] / peer["cpu_s_per_trigger_per_interval"]
+            line += f"; CPU per trigger {share:.3f} of the peer's (target <= 0.2)"
+        lines.append(line)
+    return lines
 
 
 def main() -> int:
@@ -224,12 +426,20 @@ def main() -> int:
     parser.add_argument("--n", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--window", type=int, default=3, help="poll intervals measured")
+    parser.add_argument("--sample", type=int, default=100,
+                        help="trainings per side driven through the operator to their next launch request")
     parser.add_argument("--sides", nargs="+", default=["ours", "peer"], choices=["ours", "peer"])
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", choices=["ours", "peer"], help=argparse.SUPPRESS)
+    parser.add_argument("--table-from", type=Path, help="print the table of results saved with --json, and exit")
     args = parser.parse_args()
+    if args.table_from:
+        saved = json.loads(args.table_from.read_text())
+        print(table(saved))
+        print("\n".join(cpu_ratio(saved)))
+        return 0
     if args.worker:
-        print(json.dumps(worker(args.worker, args.n[0], args.interval, args.window)))
+        print(json.dumps(worker(args.worker, args.n[0], args.interval, args.window, args.sample)))
         return 0
     results = []
     for n in args.n:
@@ -237,7 +447,7 @@ def main() -> int:
             print(f"==> N={n} {side} ...", file=sys.stderr, flush=True)
             out = subprocess.run(
                 [sys.executable, "-m", "benchmarks.ec2_triggers", "--worker", side, "--n", str(n),
-                 "--interval", str(args.interval), "--window", str(args.window)],
+                 "--interval", str(args.interval), "--window", str(args.window), "--sample", str(args.sample)],
                 cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
                 capture_output=True, text=True, check=False)
             if out.returncode != 0:
@@ -246,6 +456,7 @@ def main() -> int:
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(table(results))
+    print("\n".join(cpu_ratio(results)))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

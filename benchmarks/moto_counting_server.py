@@ -6,7 +6,10 @@
   whatever client made it;
 * TerminateInstances leaves the state reason EC2 shows after a spot reclaim
   (``Server.SpotInstanceTermination``), so the benchmark can reclaim N instances in
-  one API call (moto cannot reclaim spot capacity by itself).
+  one API call (moto cannot reclaim spot capacity by itself); a DescribeInstances served
+  meanwhile waits for it, so no poller sees moto's own reason in between. When a call's
+  reclaim is done, its instance ids and that moment (``time.monotonic()``, one clock for
+  every process of the machine) go to COUNT_FILE.reclaims, one line each.
 
 It runs in its own process so the benchmarked triggerer's CPU figures do not include
 moto's work.
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 
 
 def main() -> None:
@@ -24,20 +29,26 @@ def main() -> None:
     from moto.server import ThreadedMotoServer
 
     fd = os.open(count_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    reclaims_fd = os.open(f"{count_file}.reclaims", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     by_ids, by_filters = InstanceBackend.get_reservations_by_instance_ids, InstanceBackend.describe_instances
     terminate = InstanceBackend.terminate_instances
+    reclaiming = threading.Lock()
 
     def counted(original):  # type: ignore[no-untyped-def]
         def describe(self, *args, **kwargs):  # type: ignore[no-untyped-def]
             os.write(fd, b"D")
-            return original(self, *args, **kwargs)
+            with reclaiming:
+                return original(self, *args, **kwargs)
         return describe
 
     def reclaim(self, instance_ids):  # type: ignore[no-untyped-def]
-        result = terminate(self, instance_ids)
-        for instance_id in instance_ids:
-            self.get_instance(instance_id).state_reason = StateReason(
-                "Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination")
+        with reclaiming:
+            result = terminate(self, instance_ids)
+            for instance_id in instance_ids:
+                self.get_instance(instance_id).state_reason = StateReason(
+                    "Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination")
+            done = time.monotonic()
+        os.write(reclaims_fd, "".join(f"{instance_id} {done:.6f}\n" for instance_id in instance_ids).encode())
         return result
 
     InstanceBackend.get_reservations_by_instance_ids = counted(by_ids)

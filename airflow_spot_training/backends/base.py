@@ -243,6 +243,10 @@ class SpotBackend(BaseModel, ABC):
     #: whether a succeeded attempt may still hold resources (a VM that has not deleted itself
     #: yet): the operator then calls :meth:`stop` after a success too, not only after other ends
     releases_after_success: ClassVar[bool] = False
+    #: whether :meth:`poll` itself waits for the next status (a shared call every interval):
+    #: the trigger then polls again at once instead of sleeping ``poll_interval`` between
+    #: polls, so it hears of an end when the shared call returns, not up to an interval later
+    poll_waits_for_next_status: ClassVar[bool] = False
 
     def __init__(self, *args: Any, **data: Any) -> None:
         cls = type(self)
@@ -387,6 +391,16 @@ class SpotBackend(BaseModel, ABC):
     @abstractmethod
     def describe(self, handle: AttemptHandle) -> AttemptStatus:
         """The attempt's current status, read-only (worker: before deferring, blocking mode)."""
+
+    def settle(self, handle: AttemptHandle, status: AttemptStatus) -> AttemptStatus:
+        """How an ended attempt ended, from a provisional ``status`` (its ``to_settle`` is set).
+
+        ``poll`` may leave the reads that tell an ended attempt's outcome (a result record)
+        for the worker, so that the triggerer fires the moment it sees the end; the operator
+        calls this before it records the attempt. :meth:`describe` returns settled statuses.
+        The default has nothing to read.
+        """
+        return dataclasses.replace(status, to_settle=None)
 
     @abstractmethod
     def stop(self, handle: AttemptHandle) -> None:

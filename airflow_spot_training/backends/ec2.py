@@ -28,7 +28,9 @@ Detection (:meth:`EC2SpotBackend.poll`, in the triggerer)
     request interruption codes are preemptions; ``Client.InstanceInitiatedShutdown`` is
     completion, success or failure read from the result record; anything else is a
     failure with its reason. All triggers of one triggerer share one
-    ``DescribeInstances`` call per region and interval (:mod:`.ec2_batching`).
+    ``DescribeInstances`` call per region and interval (:mod:`.ec2_batching`). The
+    trigger fires on what that call shows; the result record and the spot request
+    are read by the worker (:meth:`EC2SpotBackend.settle`) before the attempt is recorded.
 
 Logs
     The bootstrap copies the last lines of the training's output to the instance's console
@@ -178,6 +180,7 @@ class EC2SpotBackend(SpotBackend):
     price_argument = "on_demand_prices"
     checkpoint_schemes = frozenset({"s3", "gs", "file"})
     supports_gangs = True
+    poll_waits_for_next_status = True  # poll() waits for the next shared DescribeInstances
 
     command: str | list[str] = argument(
         doc="the training command run on the instance: a shell command line or a list of strings "
@@ -713,14 +716,18 @@ class EC2SpotBackend(SpotBackend):
                 raise
             instances = []
         by_id = {i.get("InstanceId"): i for i in instances}
-        return combine_gang([self._node_status(node, by_id.get(node.instance_id)) for node in _nodes(ec2)])
+        return combine_gang([self.settle(node, _unsettled(node, by_id.get(node.instance_id))) for node in _nodes(ec2)])
 
-    def _node_status(self, node: EC2Handle, instance: dict[str, Any] | None) -> AttemptStatus:
-        status, needs = classify_instance(instance, node)
-        if needs is None:
+    def settle(self, handle: AttemptHandle, status: AttemptStatus) -> AttemptStatus:
+        """Read the result record (and ask the spot request) an ended instance's status still needs."""
+        if status.to_settle is None:
             return status
-        code = self._spot_request_code(instance) if needs == "spot-request" else None
-        return settle_ended(status, self._read_result(node), node.token, code)
+        ec2 = self._typed(handle)
+        request_id = status.details.get("spot_instance_request_id")
+        code = self._spot_request_code(request_id) if status.to_settle == "spot-request" else None
+        status = settle_ended(status, self._read_result(ec2), ec2.token, code)
+        status.to_settle = None
+        return status
 
     def _typed(self, handle: AttemptHandle) -> EC2Handle:
         ec2 = self.load_handle(handle)
@@ -735,8 +742,7 @@ class EC2SpotBackend(SpotBackend):
         except MalformedRecord as e:  # at this attempt's own path: it ended, and how is unknown
             return {"token": handle.token, "exit_code": None, "malformed": str(e)}
 
-    def _spot_request_code(self, instance: dict[str, Any] | None) -> str | None:
-        request_id = (instance or {}).get("SpotInstanceRequestId")
+    def _spot_request_code(self, request_id: str | None) -> str | None:
         if not request_id:
             return None
         try:
@@ -748,7 +754,7 @@ class EC2SpotBackend(SpotBackend):
         return (requests[0].get("Status") or {}).get("Code") if requests else None
 
     def _spot_request_capacity_code(self, instance: dict[str, Any]) -> str | None:
-        code = self._spot_request_code(instance)
+        code = self._spot_request_code(instance.get("SpotInstanceRequestId"))
         return code if code in SPOT_CAPACITY_CODES else None
 
     # =====================================================================================
@@ -770,20 +776,23 @@ class EC2SpotBackend(SpotBackend):
     async def poll(self, handle: AttemptHandle) -> AttemptStatus:
         ec2 = self._typed(handle)
         coordinator = coordinator_for(self._describe_key(), self._async_client, self._describe_interval())
-        statuses = [await self._apoll_node(coordinator, node, handle) for node in _nodes(ec2)]
+        nodes = _nodes(ec2)
+        statuses = [await self._apoll_node(coordinator, node, handle, settle_here=len(nodes) > 1) for node in nodes]
         status = combine_gang(statuses)
         if status.is_final:
             for instance_id in ec2.instance_ids:
                 coordinator.forget(instance_id)
         return status
 
-    async def _apoll_node(self, coordinator: Any, node: EC2Handle, caller: AttemptHandle) -> AttemptStatus:
+    async def _apoll_node(self, coordinator: Any, node: EC2Handle, caller: AttemptHandle,
+                          settle_here: bool) -> AttemptStatus:
         instance = await coordinator.describe(node.instance_id, caller=caller)
-        status, needs = classify_instance(instance, node)
-        if needs is not None:
-            code = await asyncio.to_thread(self._spot_request_code, instance) if needs == "spot-request" else None
-            result = await asyncio.to_thread(self._read_result, node)
-            status = settle_ended(status, result, node.token, code)
+        # an ended instance's result record is read by the worker (settle), not here: the event fires
+        # the moment the shared call shows the end, whatever the number of triggers ending with it.
+        # A gang's nodes are settled here, each with its own record, before they are combined.
+        status = _unsettled(node, instance)
+        if settle_here and status.to_settle is not None:
+            status = await asyncio.to_thread(self.settle, node, status)
         return status
 
     # =====================================================================================
@@ -835,6 +844,8 @@ def classify_instance(instance: dict[str, Any] | None, handle: EC2Handle) -> tup
     code, message = reason.get("Code", ""), reason.get("Message", "")
     started_at = epoch_seconds(instance.get("LaunchTime"))
     details.update(state=state, state_reason=code)
+    if instance.get("SpotInstanceRequestId"):
+        details["spot_instance_request_id"] = instance["SpotInstanceRequestId"]
     if state == "pending":
         return AttemptStatus(state=AttemptState.PENDING, reason="pending", started_at=started_at,
                              details=details), None
@@ -890,6 +901,13 @@ def settle_ended(status: AttemptStatus, result: dict[str, Any] | None, token: st
         status.reason = f"spot capacity reclaimed: the training caught the notice and exited {exit_code}"
     elif status.state is not AttemptState.PREEMPTED:
         status.state, status.reason = AttemptState.FAILED, f"training exited with code {exit_code}"
+    return status
+
+
+def _unsettled(node: EC2Handle, instance: dict[str, Any] | None) -> AttemptStatus:
+    """A node's status as DescribeInstances shows it; ``to_settle`` names what it still needs read."""
+    status, needs = classify_instance(instance, node)
+    status.to_settle = needs
     return status
 
 

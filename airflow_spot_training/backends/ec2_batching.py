@@ -9,8 +9,9 @@ asset watchers, so this module batches inside the process instead:
 * a :class:`DescribeCoordinator` per event loop and per (connection, region,
   interval) is created lazily, the first time a trigger polls;
 * every ``interval`` seconds it describes all instance ids polled recently, at most
-  :data:`MAX_IDS_PER_CALL` per call, through one aiobotocore client
-  (``AwsBaseHook.get_async_conn()``), and fans the results out;
+  :data:`MAX_IDS_PER_CALL` per call and :data:`MAX_CONCURRENT_CALLS` calls at once,
+  through one aiobotocore client (``AwsBaseHook.get_async_conn()``), and fans each
+  call's results out as it returns;
 * :meth:`DescribeCoordinator.describe` returns the newest result the caller has
   not seen yet, or waits for the next tick, so each trigger sees every tick once.
 
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: DescribeInstances accepts at most 1000 instance ids per call
 MAX_IDS_PER_CALL = 1000
+#: calls of one tick in flight at once (a tick makes ceil(N / 1000) calls)
+MAX_CONCURRENT_CALLS = 4
 #: an id not polled for this many intervals is dropped from the tick
 EXPIRE_INTERVALS = 3
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]+")
@@ -56,7 +59,8 @@ class DescribeCoordinator:
         self._client: Any = None
         self._results: dict[str, dict[str, Any] | None] = {}
         self._result_tick: dict[str, int] = {}
-        self._served_tick: dict[str, int] = {}
+        #: instance id -> caller -> the newest tick that caller was served
+        self._served_tick: dict[str, dict[int, int]] = {}
         self._last_polled: dict[str, float] = {}
         self._waiters: dict[str, list[asyncio.Future[tuple[int, dict[str, Any] | None]]]] = {}
         self._tick = 0
@@ -65,6 +69,11 @@ class DescribeCoordinator:
         #: DescribeInstances calls made so far (read by tests and the benchmark)
         self.calls = 0
 
+    @property
+    def last_tick_seconds(self) -> float:
+        """Wall seconds the last tick's calls took (read by the benchmark)."""
+        return self._last_call_seconds
+
     # -- the caller's side ---------------------------------------------------------------
     async def describe(self, instance_id: str, *, caller: object | None = None) -> dict[str, Any] | None:
         """The instance's newest description (``None`` if EC2 does not know the id).
@@ -72,11 +81,12 @@ class DescribeCoordinator:
         :param instance_id: the instance to describe.
         :param caller: who asks; each caller is served every tick at most once.
         """
-        token = f"{instance_id}:{id(caller)}"
+        served = self._served_tick.setdefault(instance_id, {})
+        token = id(caller)
         self._last_polled[instance_id] = time.monotonic()
         tick = self._result_tick.get(instance_id)
-        if tick is not None and tick > self._served_tick.get(token, 0):
-            self._served_tick[token] = tick
+        if tick is not None and tick > served.get(token, 0):
+            served[token] = tick
             return self._results.get(instance_id)
         future: asyncio.Future[tuple[int, dict[str, Any] | None]] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(instance_id, []).append(future)
@@ -88,7 +98,7 @@ class DescribeCoordinator:
             if future in waiters:
                 waiters.remove(future)
             raise
-        self._served_tick[token] = tick
+        self._served_tick.setdefault(instance_id, {})[token] = tick
         self._last_polled[instance_id] = time.monotonic()  # served: its trigger is alive, keep it in the tick
         return result
 
@@ -97,8 +107,7 @@ class DescribeCoordinator:
         self._last_polled.pop(instance_id, None)
         self._results.pop(instance_id, None)
         self._result_tick.pop(instance_id, None)
-        for token in [t for t in self._served_tick if t.startswith(f"{instance_id}:")]:
-            del self._served_tick[token]
+        self._served_tick.pop(instance_id, None)  # by id: an ending trigger costs O(1), not O(N)
 
     # -- the shared tick -----------------------------------------------------------------
     def _ensure_running(self) -> None:
@@ -134,20 +143,32 @@ class DescribeCoordinator:
     async def _describe_all(self, ids: list[str]) -> None:
         self._tick += 1
         tick = self._tick
-        for start in range(0, len(ids), MAX_IDS_PER_CALL):
-            chunk = ids[start:start + MAX_IDS_PER_CALL]
-            try:
+        # the chunks' calls run together (at most MAX_CONCURRENT_CALLS at once): the last of
+        # ceil(N / 1000) instances hears of its change one call after the tick, not N / 1000 calls
+        limit = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
+        chunks = [ids[start:start + MAX_IDS_PER_CALL] for start in range(0, len(ids), MAX_IDS_PER_CALL)]
+        try:
+            await self._get_client()  # one client for the calls below, not one each
+        except Exception as e:  # hand the error to this tick's waiters; keep ticking
+            log.warning("cannot create the EC2 client: %s", e)
+            self._fail_waiters(ids, e)
+            return
+        await asyncio.gather(*(self._describe_and_serve(chunk, tick, limit) for chunk in chunks))
+
+    async def _describe_and_serve(self, chunk: list[str], tick: int, limit: asyncio.Semaphore) -> None:
+        try:
+            async with limit:
                 found = await self._describe_chunk(chunk)
-            except Exception as e:  # hand the error to this tick's waiters; keep ticking
-                log.warning("DescribeInstances for %s instance(s) failed: %s", len(chunk), e)
-                self._fail_waiters(chunk, e)
-                continue
-            for instance_id in chunk:
-                self._results[instance_id] = found.get(instance_id)
-                self._result_tick[instance_id] = tick
-                for future in self._waiters.pop(instance_id, []):
-                    if not future.done():
-                        future.set_result((tick, found.get(instance_id)))
+        except Exception as e:  # hand the error to this tick's waiters; keep ticking
+            log.warning("DescribeInstances for %s instance(s) failed: %s", len(chunk), e)
+            self._fail_waiters(chunk, e)
+            return
+        for instance_id in chunk:
+            self._results[instance_id] = found.get(instance_id)
+            self._result_tick[instance_id] = tick
+            for future in self._waiters.pop(instance_id, []):
+                if not future.done():
+                    future.set_result((tick, found.get(instance_id)))
 
     async def _describe_chunk(self, chunk: list[str]) -> dict[str, dict[str, Any]]:
         client = await self._get_client()

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, TypeVar
 
 HANDLE_VERSION = 2
-EVENT_VERSION = 2
+#: version 3: ``to_settle`` (a provisional end the worker settles); versions 1 and 2 still load
+EVENT_VERSION = 3
 
 
 class UnknownVersionError(ValueError):
@@ -93,6 +94,10 @@ class AttemptStatus:
     :param started_at: epoch seconds when the training started running, if known.
     :param ended_at: epoch seconds when it ended, if it has.
     :param details: backend-specific JSON-safe facts (exit code, billable seconds, zone, price).
+    :param to_settle: set on a final state that is still provisional: what the backend has left to
+        read (its own word, e.g. ``"result"``) to know how the attempt ended. The triggerer fires
+        on the provisional state at once; the worker settles it with ``SpotBackend.settle``.
+        ``None`` when the status is settled.
     """
 
     state: AttemptState
@@ -101,6 +106,7 @@ class AttemptStatus:
     started_at: float | None = None
     ended_at: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    to_settle: str | None = None
 
     def __post_init__(self) -> None:
         self.state = AttemptState(self.state)
@@ -244,6 +250,7 @@ class AttemptEvent:
     :param details: backend facts (exit code, billable seconds, ...).
     :param checkpoint: the newest committed checkpoint when the event fired.
     :param progress_step: the last step the training reported executing, if it reports progress.
+    :param to_settle: the status's ``to_settle``: the end is provisional until the worker settles it.
     """
 
     kind: EventKind
@@ -256,6 +263,7 @@ class AttemptEvent:
     details: dict[str, Any] = field(default_factory=dict)
     checkpoint: CheckpointInfo | None = None
     progress_step: int | None = None
+    to_settle: str | None = None
     version: int = EVENT_VERSION
 
     @classmethod
@@ -274,7 +282,17 @@ class AttemptEvent:
             details=dict(status.details),
             checkpoint=checkpoint,
             progress_step=progress_step,
+            to_settle=status.to_settle,
         )
+
+    def status(self) -> AttemptStatus:
+        """The status this event of an ended attempt was built from (to settle it in the worker)."""
+        state = self.kind.attempt_state
+        if state is None:
+            raise ValueError(f"a {self.kind.value!r} event does not end the attempt; it has no final status")
+        return AttemptStatus(state=state, reason=self.reason, preemptions=self.preemptions,
+                             started_at=self.started_at, ended_at=self.ended_at, details=dict(self.details),
+                             to_settle=self.to_settle)
 
     def to_payload(self) -> dict[str, Any]:
         payload = dataclasses.asdict(self)
@@ -287,7 +305,7 @@ class AttemptEvent:
         """Check and rebuild an event; version 1 payloads (``status`` instead of ``kind``) load too."""
         if not isinstance(payload, Mapping):
             raise ValueError(f"a spot-training event must be a JSON object, got {payload!r}")
-        check_version("a spot-training trigger event", payload, (1, 2))
+        check_version("a spot-training trigger event", payload, (1, 2, EVENT_VERSION))
         kind = payload.get("kind", payload.get("status"))
         if kind not in {k.value for k in EventKind} or not isinstance(payload.get("attempt"), int):
             raise ValueError(f"not a spot-training event (needs a known kind and an attempt number): {payload!r}")
@@ -302,4 +320,5 @@ class AttemptEvent:
             details=dict(payload.get("details") or {}),
             checkpoint=CheckpointInfo.from_dict(payload.get("checkpoint")),
             progress_step=payload.get("progress_step"),
+            to_settle=payload.get("to_settle"),
         )

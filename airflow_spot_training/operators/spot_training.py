@@ -1139,6 +1139,7 @@ class SpotTrainingOperator(BaseOperator):
             self.log.warning("attempt %s was already recorded as %s; ignoring a repeated event",
                              record.number, record.outcome.value)
             return self._continue_after(context, ledger, record, in_new_try)
+        event = self._settled(event, record)
         state = event.kind.attempt_state
         assert state is not None
         record.reason = redact(event.reason, self._secret_values())  # it may quote the training's stderr
@@ -1165,6 +1166,15 @@ class SpotTrainingOperator(BaseOperator):
             record.number, record.capacity, state.value, record.reason, record.checkpoint_step, ledger.preemptions,
         )
         return self._continue_after(context, ledger, record, in_new_try)
+
+    def _settled(self, event: AttemptEvent, record: AttemptRecord) -> AttemptEvent:
+        """The event with the reads its trigger left to the worker done (how the attempt ended)."""
+        if event.to_settle is None:
+            return event
+        handle = self._handle_of(record)
+        status = self.backend.settle(handle, event.status())
+        return AttemptEvent.from_status(status, handle, checkpoint=event.checkpoint,
+                                        progress_step=event.progress_step)
 
     def _secret_values(self) -> list[str]:
         """Values the training was given that must never be shown: its env entries named like secrets."""

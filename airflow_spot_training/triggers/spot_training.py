@@ -9,7 +9,9 @@ be watched (``lost``: polling kept failing, or the trigger itself failed). It re
 right after that event.
 
 Nothing stands between seeing the attempt end and firing the event: the checkpoint and
-progress reads an ended attempt needs are the operator's, in the worker.
+progress reads an ended attempt needs are the operator's, in the worker, and so are the
+reads that tell how it ended (a result record: the event's ``to_settle``, settled by
+``SpotBackend.settle``).
 
 A trigger rebuilt from ``serialize()`` by another triggerer (after a crash or a
 restart) carries on from the backend's state: it holds nothing that is not in
@@ -157,7 +159,8 @@ class SpotTrainingTrigger(BaseTrigger):
             if time.monotonic() >= next_progress_log:
                 next_progress_log = time.monotonic() + self.progress_log_interval
                 self.log.info("%s", await self._progress_line(status))
-            await asyncio.sleep(self.poll_interval)
+            if not self.backend.poll_waits_for_next_status:
+                await asyncio.sleep(self.poll_interval)
 
     async def _event_for(self, status: AttemptStatus) -> AttemptEvent | None:
         """The event to fire for this status, or ``None`` to keep waiting."""
