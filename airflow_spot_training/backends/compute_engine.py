@@ -364,7 +364,6 @@ class ComputeEngineSpotBackend(SpotBackend):
         if existing is not None:
             return existing
         instances, operations, project = self._connect()
-        from google.cloud import compute_v1
 
         tried: list[str] = []
         pools: list[str] = []

@@ -81,7 +81,6 @@ from airflow_spot_training.backends.base import (
     AttemptLink,
     AttemptState,
     AttemptStatus,
-    BackendConfigError,
     CapacityUnavailable,
     CheckpointSync,
     CloudActionRequired,
