@@ -350,13 +350,8 @@ class ComputeEngineSpotBackend(SpotBackend):
     def training_log(self, handle: AttemptHandle, lines: int = TAIL_LINES) -> TrainingLog | None:
         """The VM's last lines in Cloud Logging (the startup script's output, the training's included)."""
         vm = self._typed(handle)
-        if self.emulator_host and not self.logging_emulator_host:
-            return None  # against an emulator, never the real Cloud Logging
-        credentials, _ = gc.credentials_and_project(self.gcp_conn_id, self.impersonation_chain,
-                                                    self.logging_emulator_host)
         log_filter = f'resource.type="gce_instance" AND labels."compute.googleapis.com/resource_name"="{vm.name}"'
-        found = gc.read_log_tail(credentials, vm.project, log_filter, lines, self.logging_emulator_host)
-        return TrainingLog(f"Cloud Logging, VM {vm.name}", found) if found else None
+        return gc.training_log_tail(self, vm.project, log_filter, lines, f"Cloud Logging, VM {vm.name}")
 
     # -- worker side ---------------------------------------------------------------------
     def launch(self, request: LaunchRequest) -> ComputeEngineHandle:

@@ -14,7 +14,7 @@ import re
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from airflow_spot_training.backends.base import CloudActionRequired, LaunchRequest
+from airflow_spot_training.backends.base import CloudActionRequired, LaunchRequest, TrainingLog
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -73,6 +73,20 @@ def read_log_tail(credentials: Credentials, project: str, log_filter: str, lines
     entries = client.list_entries(resource_names=[f"projects/{project}"], filter_=log_filter,
                                   order_by=cloud_logging.DESCENDING, max_results=lines, page_size=lines)
     return [_entry_text(entry.payload) for entry in entries][::-1]
+
+
+def training_log_tail(backend: Any, project: str, log_filter: str, lines: int, source: str) -> TrainingLog | None:
+    """A Google backend's attempt log: the newest ``lines`` entries of ``log_filter``, if any.
+
+    Against an emulator (``emulator_host``) without a Cloud Logging emulator (``logging_emulator_host``),
+    none: the real Cloud Logging is never asked about an emulated attempt.
+    """
+    if backend.emulator_host and not backend.logging_emulator_host:
+        return None
+    credentials, _ = credentials_and_project(backend.gcp_conn_id, backend.impersonation_chain,
+                                             backend.logging_emulator_host)
+    found = read_log_tail(credentials, project, log_filter, lines, backend.logging_emulator_host)
+    return TrainingLog(source, found) if found else None
 
 
 def _entry_text(payload: Any) -> str:

@@ -386,13 +386,8 @@ class VertexAISpotBackend(SpotBackend):
         job = self._typed(handle)
         if "/customJobs/" not in job.name:
             return None
-        if self.emulator_host and not self.logging_emulator_host:
-            return None  # against an emulator, never the real Cloud Logging
-        credentials, _ = gc.credentials_and_project(self.gcp_conn_id, self.impersonation_chain,
-                                                    self.logging_emulator_host)
         log_filter = f'resource.type="ml_job" AND resource.labels.job_id="{job.job_id}"'
-        found = gc.read_log_tail(credentials, job.project, log_filter, lines, self.logging_emulator_host)
-        return TrainingLog(f"Cloud Logging, job {job.job_id}", found) if found else None
+        return gc.training_log_tail(self, job.project, log_filter, lines, f"Cloud Logging, job {job.job_id}")
 
     # -- worker side ---------------------------------------------------------------------
     def launch(self, request: LaunchRequest) -> VertexAIHandle:
