@@ -17,8 +17,10 @@ import json
 import re
 import threading
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
+
+from tests.fakes.loopback import LoopbackServer
 
 TERM = re.compile(r'([\w."/\-]+?)\s*=\s*"([^"]*)"')
 RESOURCE_NAME_LABEL = 'labels."compute.googleapis.com/resource_name"'
@@ -85,25 +87,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-class CloudLoggingServer:
+class CloudLoggingServer(LoopbackServer):
     """Serve a :class:`FakeCloudLogging` on a free loopback port; use as a context manager."""
 
     def __init__(self, fake: FakeCloudLogging | None = None) -> None:
-        self.fake = fake or FakeCloudLogging()
-        handler = type("Handler", (_Handler,), {"fake": self.fake})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> CloudLoggingServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(fake or FakeCloudLogging(), _Handler)
