@@ -176,8 +176,22 @@ class CheckpointManager:
     # -- reading ---------------------------------------------------------------------
     def _entries(self) -> list[str]:
         """The prefix's entries as they are now (object-store listings are cached by fsspec)."""
-        self.fs.invalidate_cache(self.root)
+        self._forget_listings()
         return self.fs.ls(self.root, detail=False)
+
+    def _forget_listings(self) -> None:
+        """Drop fsspec's cached listings of the prefix and of everything under it.
+
+        ``invalidate_cache(root)`` forgets the root and its parents only; a step directory
+        listed earlier by this process (fsspec shares one filesystem object per process) would
+        still say which files it holds and their ETags, after another writer changed them.
+        """
+        self.fs.invalidate_cache(self.root)
+        cache = getattr(self.fs, "dircache", None)
+        if cache is not None:
+            below = self.root.rstrip("/") + "/"
+            for path in [cached for cached in list(cache) if cached.startswith(below)]:
+                cache.pop(path, None)
 
     def committed(self) -> list[Checkpoint]:
         """All committed checkpoints, oldest first."""

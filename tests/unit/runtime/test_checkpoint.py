@@ -136,3 +136,26 @@ class TestFaultInjection:
             # a later save after the crash still works and wins
             m.save(3, _payload(3))
             assert m.latest().step == 3
+
+
+def test_a_reader_sees_what_another_writer_did_to_a_step_it_listed_before(aws):
+    """fsspec keeps one S3 filesystem (and its listings) per process: a reader that listed a step
+    directory earlier still sees the step as it is now after another writer replaced it."""
+    import fsspec
+
+    uri = f"s3://{aws['bucket']}/stale-listing"
+    reader = CheckpointManager(uri, keep_last=None, storage_options=aws["storage_options"])
+    CheckpointManager(uri, keep_last=None, storage_options=aws["storage_options"]).save(6, _payload(6))
+    fs, root = fsspec.core.url_to_fs(uri, **aws["storage_options"])
+    fs.ls(f"{root}/{step_dir_name(6)}")  # this process lists the step: fsspec caches it, ETags included
+    assert reader.latest().step == 6
+
+    # another process (its own filesystem object) starts over at the same prefix
+    other = fsspec.filesystem("s3", skip_instance_cache=True, **aws["storage_options"])
+    other.rm(f"{root}/{step_dir_name(6)}", recursive=True)
+    other.pipe_file(f"{root}/{step_dir_name(6)}/part9.bin", b"new")
+    other.pipe_file(f"{root}/{step_dir_name(6)}/{COMMIT_FILE}",
+                        b'{"step": 6, "committed_at": 2.0, "files": ["part9.bin"], "reason": "final"}')
+
+    latest = reader.latest()
+    assert latest is not None and latest.record.reason == "final" and latest.record.files == ["part9.bin"]
