@@ -3,6 +3,7 @@
 Usage::
 
     python -m benchmarks.ec2_triggers --n 1000 5000 --interval 5 --window 3 --sample 50
+    python -m benchmarks.ec2_triggers --n 1000 5000 --reclaim 0   # every instance at once
 
 For each N, and for each side - ``ours`` (``SpotTrainingTrigger`` with
 ``EC2SpotBackend``) and ``peer`` (the Amazon provider's ``EC2StateSensorTrigger``) -
@@ -16,8 +17,10 @@ poll intervals:
   CPU (its own process) per interval and per DescribeInstances call;
 * status checks per trigger per interval, and the wall time of our shared call.
 
-Then it reclaims all N instances (1000 per TerminateInstances call; the server notes when
-each one is reclaimed) and times, per trigger (median / p95 / max):
+Then it reclaims ``--reclaim`` of the N instances (default 100: the sampled trainings and
+others spread over the N, so over every shared call; 0 reclaims all N at once), 1000 per
+TerminateInstances call (the server notes when each one is reclaimed), and times, per
+reclaimed training (median / p95 / max):
 
 * reclaim -> detection (ours): the shared DescribeInstances returned the instance ended;
 * reclaim -> event: the trigger yielded its TriggerEvent;
@@ -157,20 +160,28 @@ def active_coordinators() -> list[Any]:
     return coordinators()
 
 
-def record_detection(seen: dict[str, float]) -> None:
-    """Note when the shared DescribeInstances first returned each instance as ended (the backend saw it)."""
+def record_detection(seen: dict[str, float], into_tick: dict[str, float]) -> None:
+    """Note when the shared DescribeInstances first returned each instance as ended (the backend saw it),
+    and how long after the start of that tick's calls (``into_tick``)."""
     from airflow_spot_training.backends import ec2_batching
 
+    describe_all = ec2_batching.DescribeCoordinator._describe_all
     describe_chunk = ec2_batching.DescribeCoordinator._describe_chunk
+    tick_started = [0.0]
 
-    async def timed(self: Any, chunk: list[str]) -> dict[str, dict[str, Any]]:
-        found = await describe_chunk(self, chunk)
+    async def tick(self: Any, ids: list[str]) -> None:
+        tick_started[0] = time.monotonic()
+        await describe_all(self, ids)
+
+    async def timed(self: Any, chunk: list[str], *args: Any) -> dict[str, dict[str, Any]]:
+        found = await describe_chunk(self, chunk, *args)
         now = time.monotonic()
         for instance_id, instance in found.items():
-            if (instance.get("State") or {}).get("Name") == "terminated":
-                seen.setdefault(instance_id, now)
+            if (instance.get("State") or {}).get("Name") == "terminated" and instance_id not in seen:
+                seen[instance_id], into_tick[instance_id] = now, now - tick_started[0]
         return found
 
+    ec2_batching.DescribeCoordinator._describe_all = tick  # type: ignore[method-assign]
     ec2_batching.DescribeCoordinator._describe_chunk = timed  # type: ignore[method-assign]
 
 
@@ -189,11 +200,14 @@ def cpu_seconds_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run_side(side: str, triggers: list[Any], interval: float, window: int, count_file: Path,
-                   reclaim: Any, server_pid: int) -> dict[str, Any]:
+async def run_side(side: str, triggers: list[Any], chosen: list[int], interval: float, window: int,
+                   count_file: Path, reclaim: Any, server_pid: int) -> dict[str, Any]:
+    """Watch every trigger, measure a window of steady intervals, reclaim the ``chosen`` ones' instances
+    and time their events (the others keep polling meanwhile, as in a triggerer)."""
     events: dict[int, float] = {}
     payloads: dict[int, dict[str, Any]] = {}
     seen: dict[str, float] = {}
+    into_tick: dict[str, float] = {}
     polls = [0]
 
     def counted_poll(poll: Any) -> Any:
@@ -206,7 +220,7 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
     if side == "ours":  # instrument only: status checks, and when the shared call first showed each end
         for trigger in triggers:
             object.__setattr__(trigger.backend, "poll", counted_poll(trigger.backend.poll))
-        record_detection(seen)
+        record_detection(seen, into_tick)
 
     async def watch(k: int, trigger: Any) -> None:
         async for event in trigger.run():
@@ -239,16 +253,20 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
     reclaim_started = time.monotonic()
     await asyncio.to_thread(reclaim)
     reclaim_call_s = time.monotonic() - reclaim_started
-    await asyncio.wait_for(asyncio.gather(*tasks), timeout=max(900.0, 20 * interval))
+    await asyncio.wait_for(asyncio.gather(*(tasks[k] for k in chosen)), timeout=max(900.0, 20 * interval))
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     intervals = (t1 - t0) / interval
     n = len(triggers)
     reclaimed = reclaim_times(count_file)  # when the server had reclaimed each instance
     ids = [instance_id_of(t) for t in triggers]
-    detected = {k: seen[ids[k]] for k in range(n)} if side == "ours" else {}
-    latency = [events[k] - reclaimed[ids[k]] for k in range(n)]
+    detected = {k: seen[ids[k]] for k in chosen} if side == "ours" else {}
+    latency = {k: events[k] - reclaimed[ids[k]] for k in chosen}
     return {
         "side": side,
         "n": n,
+        "reclaimed": len(chosen),
         "interval_s": interval,
         "describe_calls_per_interval": round((calls1 - calls0) / intervals, 2),
         "describe_calls_target": math.ceil(n / 1000),
@@ -264,8 +282,9 @@ async def run_side(side: str, triggers: list[Any], interval: float, window: int,
         "events_before_reclaim": early,
         "warmup_s": round(warmup_s, 1),
         "reclaim_call_s": round(reclaim_call_s, 3),
-        "reclaim_to_event_s": _spread(latency),
+        "reclaim_to_event_s": _spread(list(latency.values())),
         "reclaim_to_detection_s": _spread([detected[k] - reclaimed[ids[k]] for k in detected]) if detected else None,
+        "tick_start_to_detection_s": _spread([into_tick[ids[k]] for k in detected]) if detected else None,
         "detection_to_event_s": _spread([events[k] - detected[k] for k in detected]) if detected else None,
         "event_latency_by_trigger": latency,
         "payloads": payloads,
@@ -286,12 +305,13 @@ def relaunch_latencies(side: str, result: dict[str, Any], trainings: list[Traini
     latency = result.pop("event_latency_by_trigger")
     payloads = result.pop("payloads")
     paths: list[float] = []
-    if side == "ours":
+    if side == "ours":  # the sampled trainings are the first triggers, all of them reclaimed
         for k, training in enumerate(trainings):
             paths.append(training.resume(payloads[k]))
         sampled = [latency[k] + paths[k] for k in range(len(trainings))]
     else:
-        picked = range(0, len(latency), max(1, len(latency) // sample))[:sample]  # spread over the triggers
+        reclaimed = sorted(latency)
+        picked = reclaimed[::max(1, len(reclaimed) // sample)][:sample]  # spread over the reclaimed triggers
         paths = [peer_relaunch_seconds(image_id) for _ in picked]
         sampled = [latency[k] + path for k, path in zip(picked, paths)]
     result["event_to_launch_request_s"] = _spread(paths)
@@ -299,7 +319,18 @@ def relaunch_latencies(side: str, result: dict[str, Any], trainings: list[Traini
     result["relaunch_sample"] = len(sampled)
 
 
-def worker(side: str, n: int, interval: float, window: int, sample: int) -> dict[str, Any]:
+def chosen_for_reclaim(n: int, sample: int, reclaim: int) -> list[int]:
+    """Which trainings are reclaimed: the ``sample`` first (driven through the operator), then others
+    spread evenly over the N (so over every shared call); ``reclaim`` 0 (or >= N) means all."""
+    if reclaim <= 0 or reclaim >= n:
+        return list(range(n))
+    first = list(range(min(sample, n, reclaim)))
+    rest = range(len(first), n)
+    step = max(1, len(rest) // max(1, reclaim - len(first)))
+    return first + list(rest[::step])[:reclaim - len(first)]
+
+
+def worker(side: str, n: int, interval: float, window: int, sample: int, reclaim_count: int) -> dict[str, Any]:
     port = free_port()
     count_file = Path(tempfile.mkdtemp()) / "describe-calls"
     count_file.touch()
@@ -333,15 +364,18 @@ def worker(side: str, n: int, interval: float, window: int, sample: int) -> dict
             launched = ec2.run_instances(ImageId=image, MinCount=batch, MaxCount=batch, InstanceType="c5.large")
             ids += [i["InstanceId"] for i in launched["Instances"]]
 
+        chosen = chosen_for_reclaim(n, min(sample, n), reclaim_count)  # the same trainings on both sides
+
         def reclaim() -> None:
-            for start in range(0, len(ids), 1000):
-                ec2.terminate_instances(InstanceIds=ids[start:start + 1000])
+            doomed = [ids[k] for k in chosen]
+            for start in range(0, len(doomed), 1000):
+                ec2.terminate_instances(InstanceIds=doomed[start:start + 1000])
 
         if side == "ours":
             triggers = sampled_triggers + our_triggers(ids[len(sampled_triggers):], interval)
         else:
             triggers = peer_triggers(ids, interval)
-        result = asyncio.run(run_side(side, triggers, interval, window, count_file, reclaim, server.pid))
+        result = asyncio.run(run_side(side, triggers, chosen, interval, window, count_file, reclaim, server.pid))
         relaunch_latencies(side, result, trainings, image, sample)
         return result
     finally:
@@ -356,8 +390,10 @@ def worker(side: str, n: int, interval: float, window: int, sample: int) -> dict
 NAMES = {"ours": "SpotTrainingTrigger (ec2)", "peer": "EC2StateSensorTrigger"}
 COLUMNS = [
     ("N", lambda r: str(r["n"])),
+    ("reclaimed", lambda r: str(r.get("reclaimed", r["n"]))),
     ("trigger", lambda r: NAMES[r["side"]]),
     ("reclaim -> detection (s)", lambda r: _cell(r.get("reclaim_to_detection_s")) if r["side"] == "ours" else "= event"),
+    ("tick start -> detection (s)", lambda r: _cell(r.get("tick_start_to_detection_s"))),
     ("detection -> event (s)", lambda r: _cell(r.get("detection_to_event_s")) if r["side"] == "ours" else "-"),
     ("reclaim -> event (s)", lambda r: _cell(r["reclaim_to_event_s"])),
     ("event -> launch request (s)", lambda r: _cell(r["event_to_launch_request_s"])),
@@ -374,13 +410,15 @@ COLUMNS = [
 
 
 def worst_phase_seconds(result: dict[str, Any]) -> float | None:
-    """Reclaim -> launch request had the reclaim come just after a shared call started: a whole interval
-    (or tick, when the call is slower) before the next call, then the slowest call and our slowest path."""
-    call, ours = result.get("shared_call_s"), result.get("detection_to_event_s")
-    if call is None or ours is None:
+    """Reclaim -> launch request had the reclaim come just after a tick's calls asked EC2: a whole interval
+    (or tick, when the calls are slower) before the next tick, then the slowest time from that tick's start
+    to a detection (the call that saw the reclaim, answer parsed), and our slowest path after it."""
+    call, into_tick, ours = (result.get("shared_call_s"), result.get("tick_start_to_detection_s"),
+                             result.get("detection_to_event_s"))
+    if call is None or into_tick is None or ours is None:
         return None
-    tick = max(result["interval_s"], call["max"])
-    return tick + call["max"] + ours["max"] + result["event_to_launch_request_s"]["max"]
+    tick = max(result["interval_s"], call["max"], into_tick["max"])
+    return tick + into_tick["max"] + ours["max"] + result["event_to_launch_request_s"]["max"]
 
 
 def _worst_phase(result: dict[str, Any]) -> str:
@@ -402,18 +440,20 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def cpu_ratio(results: list[dict[str, Any]]) -> list[str]:
-    """Per N: our CPU per trigger as a share of the peer's, and our worst relaunch beyond the interval."""
+    """Per N: our relaunch beyond the interval (measured, and at the worst phase), and our CPU per trigger
+    as a share of the peer's."""
     lines = []
-    for n in sorted({r["n"] for r in results}):
-        by_side = {r["side"]: r for r in results if r["n"] == n}
+    for n, reclaimed in sorted({(r["n"], r.get("reclaimed", r["n"])) for r in results}):
+        by_side = {r["side"]: r for r in results if r["n"] == n and r.get("reclaimed", r["n"]) == reclaimed}
         ours, peer = by_side.get("ours"), by_side.get("peer")
         if ours is None:
             continue
         beyond = ours["reclaim_to_launch_request_s"]["max"] - ours["interval_s"]
+        worst = worst_phase_seconds(ours)
         own = ours["detection_to_event_s"]["max"] + ours["event_to_launch_request_s"]["max"]
-        line = (f"N={n}: relaunch request at most {beyond:+.2f} s beyond the poll interval (target <= +1 s); "
-                f"our own part (detection -> event -> launch request) at most {own:.2f} s, the shared call "
-                f"{ours['shared_call_s']['max']:.2f} s (moto: {ours['moto_cpu_s_per_describe_call']} CPU s per call)")
+        line = (f"N={n}, {reclaimed} reclaimed: relaunch request at most {beyond:+.2f} s beyond the poll interval "
+                f"here, {(worst or 0) - ours['interval_s']:+.2f} s at the worst phase (target <= +1 s); "
+                f"our own part (detection -> event -> launch request) at most {own:.2f} s")
         if peer is not None:
             share = ours["cpu_s_per_trigger_per_interval"] / peer["cpu_s_per_trigger_per_interval"]
             line += f"; CPU per trigger {share:.3f} of the peer's (target <= 0.2)"
@@ -428,6 +468,8 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=3, help="poll intervals measured")
     parser.add_argument("--sample", type=int, default=100,
                         help="trainings per side driven through the operator to their next launch request")
+    parser.add_argument("--reclaim", type=int, default=100,
+                        help="instances reclaimed at once after the measured window (0: all N)")
     parser.add_argument("--sides", nargs="+", default=["ours", "peer"], choices=["ours", "peer"])
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", choices=["ours", "peer"], help=argparse.SUPPRESS)
@@ -439,7 +481,7 @@ def main() -> int:
         print("\n".join(cpu_ratio(saved)))
         return 0
     if args.worker:
-        print(json.dumps(worker(args.worker, args.n[0], args.interval, args.window, args.sample)))
+        print(json.dumps(worker(args.worker, args.n[0], args.interval, args.window, args.sample, args.reclaim)))
         return 0
     results = []
     for n in args.n:
@@ -447,7 +489,8 @@ def main() -> int:
             print(f"==> N={n} {side} ...", file=sys.stderr, flush=True)
             out = subprocess.run(
                 [sys.executable, "-m", "benchmarks.ec2_triggers", "--worker", side, "--n", str(n),
-                 "--interval", str(args.interval), "--window", str(args.window), "--sample", str(args.sample)],
+                 "--interval", str(args.interval), "--window", str(args.window), "--sample", str(args.sample),
+                 "--reclaim", str(args.reclaim)],
                 cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
                 capture_output=True, text=True, check=False)
             if out.returncode != 0:

@@ -18,14 +18,17 @@ from airflow_spot_training.backends.ec2_batching import MAX_IDS_PER_CALL, Descri
 
 
 class RecordingEC2Client:
-    """Answers DescribeInstances like EC2 (NotFound for unknown ids) and records every call."""
+    """Answers DescribeInstances like EC2 (NotFound for unknown ids, the ``instance-state-name``
+    filter applied to the rest) and records every call's ids and filter."""
 
     def __init__(self, known: set[str]) -> None:
         self.known = known
+        self.states = {i: "running" for i in known}
         self.calls: list[list[str]] = []
+        self.filters: list[list[str] | None] = []
         self.closed = False
 
-    async def describe_instances(self, InstanceIds: list[str]) -> dict[str, Any]:  # noqa: N803
+    async def describe_instances(self, InstanceIds: list[str], Filters: list[Any] | None = None) -> dict[str, Any]:  # noqa: N803
         self.calls.append(list(InstanceIds))
         assert len(InstanceIds) <= MAX_IDS_PER_CALL
         missing = [i for i in InstanceIds if i not in self.known]
@@ -35,8 +38,12 @@ class RecordingEC2Client:
             raise ClientError({"Error": {"Code": "InvalidInstanceID.NotFound",
                                          "Message": f"The instance IDs '{', '.join(missing)}' do not exist"}},
                               "DescribeInstances")
-        return {"Reservations": [{"Instances": [{"InstanceId": i, "State": {"Name": "running"}}
-                                                for i in InstanceIds]}]}
+        wanted_states = next((f["Values"] for f in Filters or [] if f["Name"] == "instance-state-name"), None)
+        self.filters.append(wanted_states)
+        return {"Reservations": [{"Instances": [
+            {"InstanceId": i, "State": {"Name": self.states[i]}, "LaunchTime": "launched",
+             "StateReason": {"Code": "Server.SpotInstanceTermination"} if self.states[i] == "terminated" else {}}
+            for i in InstanceIds if wanted_states is None or self.states[i] in wanted_states]}]}
 
 
 class ClientContext:
@@ -100,9 +107,9 @@ class TestDescribeCoordinator:
 
     def test_a_call_slower_than_the_interval_keeps_every_poller_in_the_next_call(self):
         class Slow(RecordingEC2Client):
-            async def describe_instances(self, InstanceIds):  # noqa: N803
+            async def describe_instances(self, InstanceIds, Filters=None):  # noqa: N803
                 await asyncio.sleep(0.2)  # four intervals: thousands of instances, a loaded machine
-                return await super().describe_instances(InstanceIds)
+                return await super().describe_instances(InstanceIds, Filters)
 
         client = Slow(set(ids(20)))
 
@@ -148,11 +155,11 @@ class TestDescribeCoordinator:
 
     def test_errors_reach_the_pollers_and_the_next_tick_recovers(self):
         class Flaky(RecordingEC2Client):
-            async def describe_instances(self, InstanceIds):  # noqa: N803
+            async def describe_instances(self, InstanceIds, Filters=None):  # noqa: N803
                 if not self.calls:
                     self.calls.append(InstanceIds)
                     raise RuntimeError("connection reset")
-                return await super().describe_instances(InstanceIds)
+                return await super().describe_instances(InstanceIds, Filters)
 
         client = Flaky(set(ids(1)))
 
@@ -163,6 +170,45 @@ class TestDescribeCoordinator:
             return await coordinator.describe(ids(1)[0])
 
         assert asyncio.run(main())["InstanceId"] == ids(1)[0]
+
+    def test_known_instances_are_asked_for_only_if_not_running_and_a_change_is_seen(self):
+        """After one full description per instance, ticks filter out running instances: the answer
+        lists only what changed, the others are served as running with their launch time."""
+        client = RecordingEC2Client(set(ids(3)))
+
+        async def main() -> list[list[Any]]:
+            coordinator = DescribeCoordinator(("k",), factory(ClientContext(client)), interval=0.01)
+            seen = [await asyncio.gather(*(coordinator.describe(i, caller=i) for i in ids(3))) for _ in range(2)]
+            client.states[ids(3)[1]] = "terminated"  # reclaimed between two ticks
+            for _ in range(100):  # the next ticks (one served before the change may come first)
+                seen.append(await asyncio.gather(*(coordinator.describe(i, caller=i) for i in ids(3))))
+                if seen[-1][1]["State"]["Name"] == "terminated":
+                    break
+            return seen
+
+        seen = asyncio.run(main())
+        assert client.filters[0] is None and all(f is not None and "running" not in f for f in client.filters[1:])
+        assert [r["State"]["Name"] for r in seen[-1]] == ["running", "terminated", "running"]
+        assert all(r["State"]["Name"] == "running" for tick in seen[:-1] for r in tick)
+        assert all(r["LaunchTime"] == "launched" for tick in seen for r in tick)
+        assert seen[-1][1]["StateReason"] == {"Code": "Server.SpotInstanceTermination"}
+
+    def test_new_ids_fill_the_unfiltered_calls_and_the_count_stays_one_per_thousand(self):
+        old, new = ids(1500), [f"i-{k:017x}" for k in range(10**6, 10**6 + 700)]
+        client = RecordingEC2Client(set(old) | set(new))
+
+        async def main() -> None:
+            coordinator = DescribeCoordinator(("k",), factory(ClientContext(client)), interval=1.0)
+            await asyncio.gather(*(coordinator.describe(i, caller=i) for i in old))
+            before = len(client.calls)
+            await asyncio.gather(*(coordinator.describe(i, caller=i) for i in old + new))
+            calls = list(zip(client.calls[before:], client.filters[before:]))
+            assert len(calls) == math.ceil(2200 / MAX_IDS_PER_CALL)
+            unfiltered = [set(call) for call, states in calls if states is None]
+            assert set(new) <= set().union(*unfiltered)  # every new id is described in full
+            assert sum(len(call) for call, states in calls if states is not None) >= 1000
+
+        asyncio.run(main())
 
     def test_each_event_loop_gets_its_own_coordinator(self):
         def in_a_new_loop() -> tuple[DescribeCoordinator, Any]:
