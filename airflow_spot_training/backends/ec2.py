@@ -453,16 +453,23 @@ class EC2SpotBackend(SpotBackend):
                 {"ResourceType": "volume", "Tags": tags},
             ],
         }
+        params.update(self._optional_launch_params())
+        params.update(_pool_params(pool))
+        if request.capacity is Capacity.SPOT:
+            # no MaxPrice: AWS advises against it, it only raises interruption rates
+            params["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
+            }
+        return params
+
+    def _optional_launch_params(self) -> dict[str, Any]:
+        """The ``RunInstances`` arguments of the backend's optional settings, those that are set."""
+        params: dict[str, Any] = {}
         if self.launch_template:
             params["LaunchTemplate"] = dict(self.launch_template)
         if self.image_id:
             params["ImageId"] = self.image_id
-        if pool.get("instance_type"):
-            params["InstanceType"] = pool["instance_type"]
-        if pool.get("subnet_id"):
-            params["SubnetId"] = pool["subnet_id"]
-        elif pool.get("availability_zone"):
-            params["Placement"] = {"AvailabilityZone": pool["availability_zone"]}
         if self.security_group_ids:
             params["SecurityGroupIds"] = list(self.security_group_ids)
         if self.instance_profile:
@@ -475,12 +482,6 @@ class EC2SpotBackend(SpotBackend):
                 "DeviceName": self.root_device_name,
                 "Ebs": {"VolumeSize": self.root_volume_gb, "VolumeType": "gp3", "DeleteOnTermination": True},
             }]
-        if request.capacity is Capacity.SPOT:
-            # no MaxPrice: AWS advises against it, it only raises interruption rates
-            params["InstanceMarketOptions"] = {
-                "MarketType": "spot",
-                "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
-            }
         return params
 
     def user_data(self, request: LaunchRequest, rank: int = 0, master_addr: str = "") -> str:
@@ -876,17 +877,27 @@ def settle_ended(status: AttemptStatus, result: dict[str, Any] | None, token: st
     if result is not None and record is None:
         status.details["ignored_result_record"] = f"token {result.get('token')!r} is not this attempt's"
     if spot_request_code is not None:
-        status.details["spot_request_status"] = spot_request_code
-        if spot_request_code in SPOT_INTERRUPTION_CODES:
-            status.state, status.reason, status.preemptions = (AttemptState.PREEMPTED,
-                                                               f"spot request {spot_request_code}", 1)
-        elif spot_request_code in SPOT_CAPACITY_CODES:
-            status.state, status.reason = AttemptState.CAPACITY_UNAVAILABLE, f"spot request {spot_request_code}"
+        _apply_spot_request_code(status, spot_request_code)
     if record is None:
         if status.details.get("state_reason") == COMPLETION_REASON:
             status.reason = (f"{COMPLETION_REASON}: the instance shut itself down without writing its result "
                              "record (the bootstrap failed early; see the instance's console output)")
         return status
+    _apply_result_record(status, record)
+    return status
+
+
+def _apply_spot_request_code(status: AttemptStatus, code: str) -> None:
+    """What the spot request's status code says of how the instance ended."""
+    status.details["spot_request_status"] = code
+    if code in SPOT_INTERRUPTION_CODES:
+        status.state, status.reason, status.preemptions = AttemptState.PREEMPTED, f"spot request {code}", 1
+    elif code in SPOT_CAPACITY_CODES:
+        status.state, status.reason = AttemptState.CAPACITY_UNAVAILABLE, f"spot request {code}"
+
+
+def _apply_result_record(status: AttemptStatus, record: dict[str, Any]) -> None:
+    """What this attempt's result record says: it wins over the state reason."""
     exit_code = record.get("exit_code")
     status.details["exit_code"] = exit_code
     if isinstance(record.get("finished_at"), (int, float)):
@@ -900,7 +911,18 @@ def settle_ended(status: AttemptStatus, result: dict[str, Any] | None, token: st
         status.reason = f"spot capacity reclaimed: the training caught the notice and exited {exit_code}"
     elif status.state is not AttemptState.PREEMPTED:
         status.state, status.reason = AttemptState.FAILED, f"training exited with code {exit_code}"
-    return status
+
+
+def _pool_params(pool: dict[str, str]) -> dict[str, Any]:
+    """The ``RunInstances`` arguments that place an instance in a pool: its type, and its subnet or zone."""
+    params: dict[str, Any] = {}
+    if pool.get("instance_type"):
+        params["InstanceType"] = pool["instance_type"]
+    if pool.get("subnet_id"):
+        params["SubnetId"] = pool["subnet_id"]
+    elif pool.get("availability_zone"):
+        params["Placement"] = {"AvailabilityZone": pool["availability_zone"]}
+    return params
 
 
 def _unsettled(node: EC2Handle, instance: dict[str, Any] | None) -> AttemptStatus:

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from airflow_spot_training.backends import ec2_batching
 from airflow_spot_training.backends.ec2_batching import MAX_IDS_PER_CALL, DescribeCoordinator, coordinator_for
 
 
