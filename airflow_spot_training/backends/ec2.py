@@ -238,6 +238,8 @@ class EC2SpotBackend(SpotBackend):
               "poll_interval")
 
     _hook: Any = None
+    #: per node: the last description the shared call served and its status (see ``_apoll_node``)
+    _last_seen: Any = None
     _price_cache: dict[str, float | None] = {}
 
     @field_validator("env", "secrets")
@@ -787,10 +789,16 @@ class EC2SpotBackend(SpotBackend):
     async def _apoll_node(self, coordinator: Any, node: EC2Handle, caller: AttemptHandle,
                           settle_here: bool) -> AttemptStatus:
         instance = await coordinator.describe(node.instance_id, caller=caller)
+        # a running instance's description is the same object tick after tick: its status too
+        last_seen = self._last_seen = self._last_seen or {}
+        last = last_seen.get(node.instance_id)
+        if instance is not None and last is not None and last[0] is instance and not last[1].is_final:
+            return last[1]
         # an ended instance's result record is read by the worker (settle), not here: the event fires
         # the moment the shared call shows the end, whatever the number of triggers ending with it.
         # A gang's nodes are settled here, each with its own record, before they are combined.
         status = _unsettled(node, instance)
+        last_seen[node.instance_id] = (instance, status)
         if settle_here and status.to_settle is not None:
             status = await asyncio.to_thread(self.settle, node, status)
         return status

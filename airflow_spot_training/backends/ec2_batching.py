@@ -162,8 +162,13 @@ class DescribeCoordinator:
             log.warning("cannot create the EC2 client: %s", e)
             self._fail_waiters(ids, e)
             return
-        await asyncio.gather(*(self._describe_and_serve(chunk, filtered, tick, limit)
-                               for chunk, filtered in self._chunks(ids)))
+        # each call's changed instances are served as it returns; the unchanged ones (most of them,
+        # and each a trigger to wake) once every call of the tick is back, so their wake-ups never
+        # hold up the parse of another call's answer, nor the events of what it shows changed
+        served = await asyncio.gather(*(self._describe_and_serve(chunk, filtered, tick, limit)
+                                        for chunk, filtered in self._chunks(ids)))
+        for unchanged, found in served:
+            self._serve(unchanged, found, tick)
 
     def _chunks(self, ids: list[str]) -> list[tuple[list[str], bool]]:
         """The tick's calls: ``(ids, filtered)``, still ceil(N / 1000) of them. Ids never described
@@ -174,15 +179,23 @@ class DescribeCoordinator:
                 for start in range(0, len(ordered), MAX_IDS_PER_CALL)]
 
     async def _describe_and_serve(self, chunk: list[str], filtered: bool, tick: int,
-                                  limit: asyncio.Semaphore) -> None:
+                                  limit: asyncio.Semaphore) -> tuple[list[str], dict[str, Any]]:
+        """Describe one chunk and serve the instances whose description changed; return the others."""
         try:
             async with limit:
                 found = await self._describe_chunk(chunk, filtered)
         except Exception as e:  # hand the error to this tick's waiters; keep ticking
             log.warning("DescribeInstances for %s instance(s) failed: %s", len(chunk), e)
             self._fail_waiters(chunk, e)
-            return
-        for instance_id in chunk:
+            return [], {}
+        unchanged = [i for i in chunk if found.get(i) is self._results.get(i)]
+        if len(unchanged) < len(chunk):
+            same = set(unchanged)
+            self._serve([i for i in chunk if i not in same], found, tick)
+        return unchanged, found
+
+    def _serve(self, instance_ids: list[str], found: dict[str, Any], tick: int) -> None:
+        for instance_id in instance_ids:
             self._results[instance_id] = found.get(instance_id)
             self._result_tick[instance_id] = tick
             for future in self._waiters.pop(instance_id, []):
@@ -219,7 +232,11 @@ class DescribeCoordinator:
         running = {}
         for instance_id in wanted:
             known = self._results.get(instance_id)
-            if instance_id not in found and known is not None:
+            if instance_id in found or known is None:
+                continue
+            if (known.get("State") or {}).get("Name") == "running":
+                running[instance_id] = known  # the same object every tick: its trigger needs no new status
+            else:
                 running[instance_id] = {**_without(known, "StateReason", "StateTransitionReason"), "State": _RUNNING}
         return running
 

@@ -209,6 +209,35 @@ class TestDescribeCoordinator:
 
         asyncio.run(main())
 
+    def test_a_changed_instance_is_served_before_the_unchanged_ones_of_a_faster_call(self):
+        """The unchanged instances' pollers wait for the whole tick; a change reaches its poller when its
+        call returns, even if another call of the tick came back first with nothing changed."""
+        class SecondCallSlow(RecordingEC2Client):
+            async def describe_instances(self, InstanceIds, Filters=None):  # noqa: N803
+                if Filters and InstanceIds[0] == ids(1500)[1000]:
+                    await asyncio.sleep(0.2)
+                return await super().describe_instances(InstanceIds, Filters)
+
+        every = ids(1500)  # the callers: each poller is served a tick once, by identity
+        client = SecondCallSlow(set(every))
+        unchanged, changed = every[0], every[1200]
+        served: list[str] = []
+
+        async def main() -> None:
+            coordinator = DescribeCoordinator(("k",), factory(ClientContext(client)), interval=0.5)
+            await asyncio.gather(*(coordinator.describe(i, caller=i) for i in every))  # described in full
+            client.states[changed] = "terminated"
+
+            async def poll(instance_id: str) -> None:
+                await coordinator.describe(instance_id, caller=instance_id)
+                served.append(instance_id)
+
+            await asyncio.gather(*(poll(i) for i in every))
+
+        asyncio.run(main())
+        assert served.index(changed) < served.index(unchanged)
+        assert served[0] == changed
+
     def test_each_event_loop_gets_its_own_coordinator(self):
         def in_a_new_loop() -> tuple[DescribeCoordinator, Any]:
             context = ClientContext(RecordingEC2Client(set(ids(1))))
