@@ -10,8 +10,8 @@ asset watchers, so this module batches inside the process instead:
   interval) is created lazily, the first time a trigger polls;
 * every ``interval`` seconds it describes all instance ids polled recently, at most
   :data:`MAX_IDS_PER_CALL` per call and :data:`MAX_CONCURRENT_CALLS` calls at once,
-  through one aiobotocore client (``AwsBaseHook.get_async_conn()``), and fans each
-  call's results out as it returns;
+  through one aiobotocore client (``AwsBaseHook.get_async_conn()``); each call's
+  changed instances are served as it returns, the unchanged ones when the tick is over;
 * :meth:`DescribeCoordinator.describe` returns the newest result the caller has
   not seen yet, or waits for the next tick, so each trigger sees every tick once;
 * an instance is described in full once; after that its calls carry the filter
