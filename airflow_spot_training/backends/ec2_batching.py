@@ -209,9 +209,8 @@ class DescribeCoordinator:
         wanted = list(chunk)
         options = {"Filters": [{"Name": "instance-state-name", "Values": list(CHANGED_STATES)}]} if filtered else {}
         while wanted:
-            self.calls += 1
             try:
-                response = await client.describe_instances(InstanceIds=wanted, **options)
+                found = await self._describe_pages(client, wanted, options)
             except Exception as e:
                 missing = _missing_ids(e)
                 if not missing:
@@ -219,13 +218,24 @@ class DescribeCoordinator:
                 # terminated long ago, or never existed: report those as unknown, describe the rest
                 wanted = [i for i in wanted if i not in missing]
                 continue
-            found = {
-                instance["InstanceId"]: instance
-                for reservation in response.get("Reservations", [])
-                for instance in reservation.get("Instances", [])
-            }
             return {**self._still_running(wanted, found), **found} if filtered else found
         return {}
+
+    async def _describe_pages(self, client: Any, wanted: list[str], options: dict[str, Any]) -> dict[str, Any]:
+        """Every instance of one DescribeInstances answer, following ``NextToken``: an answer can come in
+        pages (moto pages at 100 reservations even for listed ids, and an instance launched alone is a
+        reservation of its own); a page left unread would make its instances unknown, or, filtered, running."""
+        found: dict[str, Any] = {}
+        page: dict[str, str] = {}
+        while True:
+            self.calls += 1
+            response = await client.describe_instances(InstanceIds=wanted, **options, **page)
+            found.update((instance["InstanceId"], instance)
+                         for reservation in response.get("Reservations", [])
+                         for instance in reservation.get("Instances", []))
+            if not response.get("NextToken"):
+                return found
+            page = {"NextToken": response["NextToken"]}
 
     def _still_running(self, wanted: list[str], found: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """The ids a filtered call left out (EC2 knows them: it did not answer NotFound): running."""

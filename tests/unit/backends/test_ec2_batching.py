@@ -278,3 +278,34 @@ def test_pollers_against_moto_share_one_describe_call_per_interval(aws, monkeypa
     statuses = asyncio.run(main())
     assert [s.state for s in statuses] == ["running"] * 30
     assert plan.calls["DescribeInstances(InstanceIds)"] == 3
+
+
+def test_a_call_over_many_reservations_follows_next_token(aws, monkeypatch):
+    """Instances launched one by one are one reservation each; moto pages a DescribeInstances answer at
+    100 reservations even for listed ids. Every one of 120 is described, and a reclaim among the last
+    ones is seen on the filtered ticks too."""
+    import boto3
+
+    from airflow_spot_training.backends.ec2 import EC2Handle, EC2SpotBackend
+    from tests import aws_cloud
+
+    network = aws_cloud.make_network()
+    ec2 = boto3.client("ec2", region_name=aws_cloud.REGION)
+    instance_ids = [ec2.run_instances(ImageId=network["image_id"], MinCount=1, MaxCount=1,
+                                      InstanceType="c5.large")["Instances"][0]["InstanceId"] for _ in range(120)]
+    handles = [EC2Handle(backend="ec2", token=f"t-a{n}", attempt=n, capacity="spot", instance_id=instance_id,
+                         launched_at=0.0) for n, instance_id in enumerate(instance_ids, start=1)]
+    backend = EC2SpotBackend("x", image_id=network["image_id"], instance_types=["c5.large"], describe_interval=0.2)
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        first = await asyncio.gather(*(backend.poll(h) for h in handles))
+        await asyncio.to_thread(ec2.terminate_instances, InstanceIds=[instance_ids[-1]])
+        later = first
+        for _ in range(2):
+            later = await asyncio.gather(*(backend.poll(h) for h in handles))
+        return first, later
+
+    first, later = asyncio.run(main())
+    assert [s.state for s in first] == ["running"] * 120
+    assert [s.state for s in later[:-1]] == ["running"] * 119
+    assert later[-1].state != "running"
