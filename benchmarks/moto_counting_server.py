@@ -10,6 +10,11 @@
   meanwhile waits for it, so no poller sees moto's own reason in between. When a call's
   reclaim is done, its instance ids and that moment (``time.monotonic()``, one clock for
   every process of the machine) go to COUNT_FILE.reclaims, one line each.
+* every DescribeInstances with instance ids notes, in COUNT_FILE.reads, when it read the
+  instances' states (the moment its answer was decided), how long it first waited for a
+  reclaim in progress, and its ids: ``READ WAITED ID,ID,...``. A reclaim done after a call's
+  read can only be seen by the next call for that instance, so the benchmark can tell the
+  longest a reclaim could have waited (see :mod:`benchmarks.ec2_triggers`).
 
 * DescribeInstances with instance ids finds them through a set, not by scanning every
   reservation for every id (moto's own lookup is O(ids x instances): at 5,000 instances,
@@ -36,6 +41,7 @@ def main() -> None:
 
     fd = os.open(count_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     reclaims_fd = os.open(f"{count_file}.reclaims", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    reads_fd = os.open(f"{count_file}.reads", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     by_ids, by_filters = InstanceBackend.get_reservations_by_instance_ids, InstanceBackend.describe_instances
     terminate = InstanceBackend.terminate_instances
     reclaiming = threading.Lock()
@@ -45,6 +51,19 @@ def main() -> None:
             os.write(fd, b"D")
             with reclaiming:
                 return original(self, *args, **kwargs)
+        return describe
+
+    def read_noted(original):  # type: ignore[no-untyped-def]
+        def describe(self, instance_ids, filters=None):  # type: ignore[no-untyped-def]
+            os.write(fd, b"D")
+            asked = time.monotonic()
+            with reclaiming:
+                waited = time.monotonic() - asked
+                try:
+                    return original(self, instance_ids, filters)
+                finally:
+                    read = time.monotonic()
+                    os.write(reads_fd, f"{read:.6f} {waited:.6f} {','.join(instance_ids)}\n".encode())
         return describe
 
     def reclaim(self, instance_ids):  # type: ignore[no-untyped-def]
@@ -70,7 +89,7 @@ def main() -> None:
         return filter_reservations(reservations, filters) if filters is not None else reservations
 
     assert by_ids.__name__ == "get_reservations_by_instance_ids"  # the method replaced, moto's own
-    InstanceBackend.get_reservations_by_instance_ids = counted(reservations_by_ids)
+    InstanceBackend.get_reservations_by_instance_ids = read_noted(reservations_by_ids)
     InstanceBackend.describe_instances = counted(by_filters)
     InstanceBackend.terminate_instances = reclaim
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
