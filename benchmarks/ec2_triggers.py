@@ -19,7 +19,8 @@ poll intervals:
 
 Then it reclaims ``--reclaim`` of the N instances (default 100: the sampled trainings and
 others spread over the N, so over every shared call; 0 reclaims all N at once), 1000 per
-TerminateInstances call (the server notes when each one is reclaimed), and times, per
+TerminateInstances call (the server notes when each one is reclaimed), ours just after a
+tick's calls are back (the worst phase: only the next tick can see it), and times, per
 reclaimed training (median / p95 / max):
 
 * reclaim -> detection (ours): the shared DescribeInstances returned the instance ended;
@@ -165,18 +166,20 @@ def active_coordinators() -> list[Any]:
     return coordinators()
 
 
-def record_detection(seen: dict[str, float], tick_of: dict[str, float]) -> None:
+def record_detection(seen: dict[str, float], tick_of: dict[str, float]) -> asyncio.Event:
     """Note when the shared DescribeInstances first returned each instance as ended (the backend saw it),
-    and when that tick's calls started (``tick_of``)."""
+    and when that tick's calls started (``tick_of``); the event returned is set whenever a tick ends."""
     from airflow_spot_training.backends import ec2_batching
 
     describe_all = ec2_batching.DescribeCoordinator._describe_all
     describe_chunk = ec2_batching.DescribeCoordinator._describe_chunk
     tick_started = [0.0]
+    tick_ended = asyncio.Event()
 
     async def tick(self: Any, ids: list[str]) -> None:
         tick_started[0] = time.monotonic()
         await describe_all(self, ids)
+        tick_ended.set()
 
     async def timed(self: Any, chunk: list[str], *args: Any) -> dict[str, dict[str, Any]]:
         found = await describe_chunk(self, chunk, *args)
@@ -188,6 +191,14 @@ def record_detection(seen: dict[str, float], tick_of: dict[str, float]) -> None:
 
     ec2_batching.DescribeCoordinator._describe_all = tick  # type: ignore[method-assign]
     ec2_batching.DescribeCoordinator._describe_chunk = timed  # type: ignore[method-assign]
+    return tick_ended
+
+
+async def after_next_tick(tick_ended: asyncio.Event | None) -> None:
+    """Return just after the next tick's calls are back (at once for the peer, which has no ticks)."""
+    if tick_ended is not None:
+        tick_ended.clear()
+        await tick_ended.wait()
 
 
 def instance_id_of(trigger: Any) -> str:
@@ -233,6 +244,7 @@ async def run_side(side: str, triggers: list[Any], chosen: list[int], interval: 
     seen: dict[str, float] = {}
     tick_of: dict[str, float] = {}
     polls = [0]
+    tick_ended = None
 
     def counted_poll(poll: Any) -> Any:
         async def wrapper(handle: Any) -> Any:
@@ -244,7 +256,7 @@ async def run_side(side: str, triggers: list[Any], chosen: list[int], interval: 
     if side == "ours":  # instrument only: status checks, and when the shared call first showed each end
         for trigger in triggers:
             object.__setattr__(trigger.backend, "poll", counted_poll(trigger.backend.poll))
-        record_detection(seen, tick_of)
+        tick_ended = record_detection(seen, tick_of)
 
     async def watch(k: int, trigger: Any) -> None:
         async for event in trigger.run():
@@ -274,6 +286,8 @@ async def run_side(side: str, triggers: list[Any], chosen: list[int], interval: 
     checks = (polls1 - polls0) if side == "ours" else (calls1 - calls0)
     rss_running = peak_rss_mb()
     early = len(events)
+    # the worst phase: the wave comes just after a tick's calls read every instance, so the next tick sees it
+    await after_next_tick(tick_ended)
     reclaim_started = time.monotonic()
     await asyncio.to_thread(reclaim)
     reclaim_call_s = time.monotonic() - reclaim_started
