@@ -235,6 +235,22 @@ def cpu_seconds_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def instrument(triggers: list[Any], polls: list[int], seen: dict[str, float], tick_of: dict[str, float]
+               ) -> asyncio.Event:
+    """Instrument ours only: count status checks in ``polls``, note when the shared call first showed each
+    end (:func:`record_detection`); return the event set whenever a tick ends."""
+    def counted_poll(poll: Any) -> Any:
+        async def wrapper(handle: Any) -> Any:
+            status = await poll(handle)
+            polls[0] += 1
+            return status
+        return wrapper
+
+    for trigger in triggers:
+        object.__setattr__(trigger.backend, "poll", counted_poll(trigger.backend.poll))
+    return record_detection(seen, tick_of)
+
+
 async def run_side(side: str, triggers: list[Any], chosen: list[int], interval: float, window: int,
                    count_file: Path, reclaim: Any, server_pid: int, event_timeout: float) -> dict[str, Any]:
     """Watch every trigger, measure a window of steady intervals, reclaim the ``chosen`` ones' instances
@@ -244,19 +260,7 @@ async def run_side(side: str, triggers: list[Any], chosen: list[int], interval: 
     seen: dict[str, float] = {}
     tick_of: dict[str, float] = {}
     polls = [0]
-    tick_ended = None
-
-    def counted_poll(poll: Any) -> Any:
-        async def wrapper(handle: Any) -> Any:
-            status = await poll(handle)
-            polls[0] += 1
-            return status
-        return wrapper
-
-    if side == "ours":  # instrument only: status checks, and when the shared call first showed each end
-        for trigger in triggers:
-            object.__setattr__(trigger.backend, "poll", counted_poll(trigger.backend.poll))
-        tick_ended = record_detection(seen, tick_of)
+    tick_ended = instrument(triggers, polls, seen, tick_of) if side == "ours" else None
 
     async def watch(k: int, trigger: Any) -> None:
         async for event in trigger.run():
@@ -301,7 +305,7 @@ async def run_side(side: str, triggers: list[Any], chosen: list[int], interval: 
     n = len(triggers)
     reclaimed = reclaim_times(count_file)  # when the server had reclaimed each instance
     ids = [instance_id_of(t) for t in triggers]
-    detected = {k: seen[ids[k]] for k in chosen} if side == "ours" else {}
+    detected = {ids[k]: seen[ids[k]] for k in chosen} if side == "ours" else {}
     latency = {k: events.get(k, waited) - reclaimed[ids[k]] for k in chosen}
     return {
         "side": side,
@@ -325,16 +329,27 @@ async def run_side(side: str, triggers: list[Any], chosen: list[int], interval: 
         "warmup_s": round(warmup_s, 1),
         "reclaim_call_s": round(reclaim_call_s, 3),
         "reclaim_to_event_s": _spread(list(latency.values())),
-        "reclaim_to_detection_s": _spread([detected[k] - reclaimed[ids[k]] for k in detected]) if detected else None,
-        # from the start of the tick that saw it, or from the reclaim if that tick started before the
-        # reclaim was done (its call then waited for moto's reclaim to finish): the call's own share
-        "tick_start_to_detection_s": _spread([detected[k] - max(tick_of[ids[k]], reclaimed[ids[k]])
-                                              for k in detected]) if detected else None,
-        "detection_to_event_s": _spread([events[k] - detected[k] for k in detected]) if detected else None,
-        "worst_phase_detection_s": _spread(worst_phase_detections(
-            count_file, reclaimed, {ids[k]: seen for k, seen in detected.items()})) if detected else None,
+        **detection_figures(count_file, reclaimed, detected, tick_of,
+                            {ids[k]: at for k, at in events.items() if k in chosen}),
         "event_latency_by_trigger": latency,
         "payloads": payloads,
+    }
+
+
+def detection_figures(count_file: Path, reclaimed: dict[str, float], detected: dict[str, float],
+                      tick_of: dict[str, float], events: dict[str, float]) -> dict[str, Any]:
+    """Ours only (the peer has no shared call): per reclaimed instance id, reclaim -> detection, the share
+    of the call that saw it, detection -> event and the worst phase."""
+    if not detected:
+        return dict.fromkeys(["reclaim_to_detection_s", "tick_start_to_detection_s", "detection_to_event_s",
+                              "worst_phase_detection_s"])
+    return {
+        "reclaim_to_detection_s": _spread([at - reclaimed[i] for i, at in detected.items()]),
+        # from the start of the tick that saw it, or from the reclaim if that tick started before the
+        # reclaim was done (its call then waited for moto's reclaim to finish): the call's own share
+        "tick_start_to_detection_s": _spread([at - max(tick_of[i], reclaimed[i]) for i, at in detected.items()]),
+        "detection_to_event_s": _spread([events[i] - at for i, at in detected.items()]),
+        "worst_phase_detection_s": _spread(worst_phase_detections(count_file, reclaimed, detected)),
     }
 
 

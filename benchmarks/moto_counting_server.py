@@ -32,66 +32,85 @@ import threading
 import time
 
 
-def main() -> None:
-    port, count_file = int(sys.argv[1]), sys.argv[2]
-    from moto.ec2.exceptions import InvalidInstanceIdError
-    from moto.ec2.models.instances import InstanceBackend, StateReason
-    from moto.ec2.utils import filter_reservations
-    from moto.server import ThreadedMotoServer
+class Log:
+    """The files the benchmark reads, and the lock a reclaim holds while moto makes it."""
 
-    fd = os.open(count_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    reclaims_fd = os.open(f"{count_file}.reclaims", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    reads_fd = os.open(f"{count_file}.reads", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    by_ids, by_filters = InstanceBackend.get_reservations_by_instance_ids, InstanceBackend.describe_instances
-    terminate = InstanceBackend.terminate_instances
-    reclaiming = threading.Lock()
+    def __init__(self, count_file: str) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        self.calls = os.open(count_file, flags)
+        self.reclaims = os.open(f"{count_file}.reclaims", flags)
+        self.reads = os.open(f"{count_file}.reads", flags)
+        self.reclaiming = threading.Lock()
 
-    def counted(original):  # type: ignore[no-untyped-def]
-        def describe(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            os.write(fd, b"D")
-            with reclaiming:
-                return original(self, *args, **kwargs)
-        return describe
 
-    def read_noted(original):  # type: ignore[no-untyped-def]
-        def describe(self, instance_ids, filters=None):  # type: ignore[no-untyped-def]
-            os.write(fd, b"D")
-            asked = time.monotonic()
-            with reclaiming:
-                waited = time.monotonic() - asked
-                try:
-                    return original(self, instance_ids, filters)
-                finally:
-                    read = time.monotonic()
-                    os.write(reads_fd, f"{read:.6f} {waited:.6f} {','.join(instance_ids)}\n".encode())
-        return describe
+def counted(log: Log, original):  # type: ignore[no-untyped-def]
+    """DescribeInstances by filters: counted, and never in the middle of a reclaim."""
+    def describe(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        os.write(log.calls, b"D")
+        with log.reclaiming:
+            return original(self, *args, **kwargs)
+    return describe
+
+
+def read_noted(log: Log, original):  # type: ignore[no-untyped-def]
+    """DescribeInstances by ids: counted, and its read noted with the wait behind a reclaim."""
+    def describe(self, instance_ids, filters=None):  # type: ignore[no-untyped-def]
+        os.write(log.calls, b"D")
+        asked = time.monotonic()
+        with log.reclaiming:
+            waited = time.monotonic() - asked
+            try:
+                return original(self, instance_ids, filters)
+            finally:
+                read = time.monotonic()
+                os.write(log.reads, f"{read:.6f} {waited:.6f} {','.join(instance_ids)}\n".encode())
+    return describe
+
+
+def reclaiming_terminate(log: Log, terminate):  # type: ignore[no-untyped-def]
+    """TerminateInstances as a spot reclaim: EC2's reason for it, and when it was done."""
+    from moto.ec2.models.instances import StateReason
 
     def reclaim(self, instance_ids):  # type: ignore[no-untyped-def]
-        with reclaiming:
+        with log.reclaiming:
             result = terminate(self, instance_ids)
             for instance_id in instance_ids:
                 self.get_instance(instance_id).state_reason = StateReason(
                     "Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination")
             done = time.monotonic()
-        os.write(reclaims_fd, "".join(f"{instance_id} {done:.6f}\n" for instance_id in instance_ids).encode())
+        os.write(log.reclaims, "".join(f"{instance_id} {done:.6f}\n" for instance_id in instance_ids).encode())
         return result
+    return reclaim
 
-    def reservations_by_ids(self, instance_ids, filters=None):  # type: ignore[no-untyped-def]
-        wanted, reservations = set(instance_ids), []
-        for reservation in self.all_reservations():  # copies, as moto's own lookup returns
-            matching = [instance for instance in reservation.instances if instance.id in wanted]
-            if matching:
-                reservation.instances = matching
-                reservations.append(reservation)
-        missing = wanted - {instance.id for reservation in reservations for instance in reservation.instances}
-        if missing:
-            raise InvalidInstanceIdError(sorted(missing)[0])
-        return filter_reservations(reservations, filters) if filters is not None else reservations
 
-    assert by_ids.__name__ == "get_reservations_by_instance_ids"  # the method replaced, moto's own
-    InstanceBackend.get_reservations_by_instance_ids = read_noted(reservations_by_ids)
-    InstanceBackend.describe_instances = counted(by_filters)
-    InstanceBackend.terminate_instances = reclaim
+def reservations_by_ids(self, instance_ids, filters=None):  # type: ignore[no-untyped-def]
+    """moto's lookup by ids, through a set: the same answer."""
+    from moto.ec2.exceptions import InvalidInstanceIdError
+    from moto.ec2.utils import filter_reservations
+
+    wanted, reservations = set(instance_ids), []
+    for reservation in self.all_reservations():  # copies, as moto's own lookup returns
+        matching = [instance for instance in reservation.instances if instance.id in wanted]
+        if matching:
+            reservation.instances = matching
+            reservations.append(reservation)
+    missing = wanted - {instance.id for reservation in reservations for instance in reservation.instances}
+    if missing:
+        raise InvalidInstanceIdError(sorted(missing)[0])
+    return filter_reservations(reservations, filters) if filters is not None else reservations
+
+
+def main() -> None:
+    port, count_file = int(sys.argv[1]), sys.argv[2]
+    from moto.ec2.models.instances import InstanceBackend
+    from moto.server import ThreadedMotoServer
+
+    log = Log(count_file)
+    # the methods replaced, moto's own
+    assert InstanceBackend.get_reservations_by_instance_ids.__name__ == "get_reservations_by_instance_ids"
+    InstanceBackend.get_reservations_by_instance_ids = read_noted(log, reservations_by_ids)
+    InstanceBackend.describe_instances = counted(log, InstanceBackend.describe_instances)
+    InstanceBackend.terminate_instances = reclaiming_terminate(log, InstanceBackend.terminate_instances)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     print("ready", flush=True)
