@@ -329,8 +329,7 @@ async def run_side(side: str, triggers: list[Any], chosen: list[int], interval: 
         "warmup_s": round(warmup_s, 1),
         "reclaim_call_s": round(reclaim_call_s, 3),
         "reclaim_to_event_s": _spread(list(latency.values())),
-        **detection_figures(count_file, reclaimed, detected, tick_of,
-                            {ids[k]: at for k, at in events.items() if k in chosen}),
+        **detection_figures(count_file, reclaimed, detected, tick_of, {ids[k]: at for k, at in events.items()}),
         "event_latency_by_trigger": latency,
         "payloads": payloads,
     }

@@ -43,27 +43,20 @@ class Log:
         self.reclaiming = threading.Lock()
 
 
-def counted(log: Log, original):  # type: ignore[no-untyped-def]
-    """DescribeInstances by filters: counted, and never in the middle of a reclaim."""
+def counted(log: Log, original, note_reads: bool = False):  # type: ignore[no-untyped-def]
+    """DescribeInstances: counted, and never in the middle of a reclaim. ``note_reads`` (the lookup by
+    ids, whose first argument is the ids): its read is noted with how long it waited behind a reclaim."""
     def describe(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        os.write(log.calls, b"D")
-        with log.reclaiming:
-            return original(self, *args, **kwargs)
-    return describe
-
-
-def read_noted(log: Log, original):  # type: ignore[no-untyped-def]
-    """DescribeInstances by ids: counted, and its read noted with the wait behind a reclaim."""
-    def describe(self, instance_ids, filters=None):  # type: ignore[no-untyped-def]
         os.write(log.calls, b"D")
         asked = time.monotonic()
         with log.reclaiming:
             waited = time.monotonic() - asked
             try:
-                return original(self, instance_ids, filters)
+                return original(self, *args, **kwargs)
             finally:
-                read = time.monotonic()
-                os.write(log.reads, f"{read:.6f} {waited:.6f} {','.join(instance_ids)}\n".encode())
+                if note_reads:
+                    line = f"{time.monotonic():.6f} {waited:.6f} {','.join(args[0])}\n"
+                    os.write(log.reads, line.encode())
     return describe
 
 
@@ -108,7 +101,7 @@ def main() -> None:
     log = Log(count_file)
     # the methods replaced, moto's own
     assert InstanceBackend.get_reservations_by_instance_ids.__name__ == "get_reservations_by_instance_ids"
-    InstanceBackend.get_reservations_by_instance_ids = read_noted(log, reservations_by_ids)
+    InstanceBackend.get_reservations_by_instance_ids = counted(log, reservations_by_ids, note_reads=True)
     InstanceBackend.describe_instances = counted(log, InstanceBackend.describe_instances)
     InstanceBackend.terminate_instances = reclaiming_terminate(log, InstanceBackend.terminate_instances)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
